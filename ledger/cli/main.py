@@ -1,0 +1,145 @@
+"""The ``spend-ledger`` command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ledger.domain.errors import LedgerError
+from ledger.domain.money import format_usd
+from ledger.domain.schemas import WIRE_MODELS, json_schema
+
+app = typer.Typer(
+    name="spend-ledger",
+    help="Event-sourced spend ledger for LLM usage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+prices_app = typer.Typer(
+    help="Price books: show what a model costs, import LiteLLM's price file.", no_args_is_help=True
+)
+app.add_typer(prices_app, name="prices")
+# Wide enough for the tables when piped (Rich falls back to 80 columns without a terminal).
+console = Console(width=max(Console().width, 132))
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def demo() -> None:
+    """Price a morning of sample LLM calls, fold them into budgets, print the ledger."""
+    from ledger.demo import run_demo
+    from ledger.pricebooks.genai import genai_prices_book
+
+    book = genai_prices_book()
+    result = run_demo(book)
+    console.print(f"[bold]spend-ledger demo[/bold]  price book {book.source} ({book.version[:19]})\n")
+
+    entries = Table(title="Ledger entries (cost in USD, exact to the nano)")
+    for column in ("event", "scopes", "model", "tokens in/out", "cost", "priced as"):
+        entries.add_column(column, justify="right" if column == "cost" else "left")
+    for entry in result.entries:
+        estimated = " (estimated)" if entry.tokens_estimated else ""
+        entries.add_row(
+            entry.event_id,
+            " ".join(k for k in entry.scope_keys if not k.startswith(("global", "tag"))),
+            entry.model,
+            f"{entry.usage.prompt_tokens}/{entry.usage.completion_tokens}{estimated}",
+            format_usd(entry.cost_nanos),
+            entry.priced_as or entry.cost_source,
+        )
+    console.print(entries)
+
+    budgets = Table(title="Budgets after the fold")
+    for column in ("scope", "limit", "window (UTC)", "spent", "max", "remaining", "status"):
+        budgets.add_column(column)
+    for key in sorted(result.states):
+        state = result.states[key]
+        if not state.limits:
+            budgets.add_row(key, "-", "-", format_usd(state.total_spend_nanos), "-", "-", "no budget")
+        for limit in state.limits:
+            end = limit.window_end.strftime("%m-%d %H:%M") if limit.window_end else "never"
+            max_text = format_usd(limit.spec.max_budget_nanos) if limit.spec.max_budget_nanos is not None else "-"
+            remaining = limit.remaining_nanos
+            budgets.add_row(
+                key,
+                limit.spec.limit_name,
+                f"{limit.window_start:%m-%d %H:%M} .. {end}",
+                format_usd(limit.spend_nanos),
+                max_text,
+                "-" if remaining is None else format_usd(remaining),
+                "[red]EXCEEDED[/red]" if limit.exceeded else "[green]ok[/green]",
+            )
+    console.print(budgets)
+
+    if result.alerts:
+        console.print("[bold]Alerts[/bold]")
+        for alert in result.alerts:
+            where = escape(f"{alert.scope_key} [{alert.limit_name}]")
+            console.print(f"  {alert.occurred_at:%H:%M} {where} {alert.kind}: {escape(alert.message)}")
+    for event, reason in result.dead_letters:
+        console.print(f"[yellow]dead-letter[/yellow] {escape(event.event_id)}: {escape(reason)}")
+    console.print("\n1 duplicate delivery dropped by event_id. Next: `make test`, or read README.md for the tour.")
+
+
+@app.command()
+def schema(
+    name: Annotated[str | None, typer.Argument(help=f"one of: {', '.join(WIRE_MODELS)}")] = None,
+    out: Annotated[Path | None, typer.Option(help="write every schema as NAME.schema.json into this folder")] = None,
+) -> None:
+    """Print the JSON Schema of a wire record, or write all of them to a folder."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for record in WIRE_MODELS:
+            (out / f"{record}.schema.json").write_text(json.dumps(json_schema(record), indent=2) + "\n")
+        console.print(f"wrote {len(WIRE_MODELS)} schemas to {out}")
+        return
+    if name is None:
+        raise _fail(f"name a record ({', '.join(WIRE_MODELS)}) or pass --out DIR")
+    try:
+        print(json.dumps(json_schema(name), indent=2))
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from exc
+
+
+@prices_app.command("show")
+def prices_show(
+    model: str,
+    provider: Annotated[str | None, typer.Option(help="provider id, e.g. openai, anthropic, azure")] = None,
+    at: Annotated[
+        datetime | None,
+        typer.Option(help="price at this time (default: now, UTC)", formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
+    ] = None,
+    book_file: Annotated[Path | None, typer.Option("--book", help="a price book JSON file (default: bundled)")] = None,
+) -> None:
+    """Show the rates a model is charged at."""
+    from ledger.domain.prices import load_price_book
+    from ledger.domain.pricing import price_at
+    from ledger.pricebooks.genai import genai_prices_book
+
+    moment = (at or datetime.now(UTC)).astimezone(UTC) if (at is None or at.tzinfo) else at.replace(tzinfo=UTC)
+    try:
+        book = load_price_book(book_file.read_bytes()) if book_file else genai_prices_book()
+        rates = price_at(book, model, provider, moment)
+    except (LedgerError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"{model} at {moment:%Y-%m-%d %H:%M} UTC ({book.version[:19]})")
+    table.add_column("token kind")
+    table.add_column("USD per million tokens", justify="right")
+    for field_name, value in rates.model_dump(exclude_none=True).items():
+        table.add_row(field_name, str(value))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,174 @@
+"""Usage events: one per LLM call, the input of the ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
+
+from ledger.domain.errors import InvalidUsage
+from ledger.domain.scopes import GLOBAL_SCOPE, check_scope_id, scope_key
+
+SCHEMA_VERSION: Literal[1] = 1
+
+# Limits (TIGER_STYLE: name them, test their edges).
+TOKENS_PER_FIELD_MAX = 100_000_000  # larger than any context window; more is a bug upstream
+REPORTED_COST_USD_MAX = Decimal(100_000)  # one call costing more is a bug upstream
+TEXT_CHARS_MAX = 4_000_000
+TAGS_MAX = 32
+METADATA_KEYS_MAX = 64
+METADATA_VALUE_CHARS_MAX = 1_024
+BATCH_EVENTS_MAX = 10_000
+# Event time must lie in this absolute range; relative skew is checked by check_event_time.
+OCCURRED_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+OCCURRED_AT_MAX = datetime(2200, 1, 1, tzinfo=UTC)
+
+# Lax parsing (ISO strings become datetimes) but never a silent numeric coercion:
+# token counts are strict ints, so "12" and 12.5 are errors, not 12.
+FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _checked_id(value: str) -> str:
+    check_scope_id(value)
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_checked_id)]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+TokenCount = Annotated[int, Strict(), Field(ge=0, le=TOKENS_PER_FIELD_MAX)]
+MetadataValue = Annotated[str, StringConstraints(max_length=METADATA_VALUE_CHARS_MAX)] | int | bool | None
+
+
+class TokenUsage(BaseModel):
+    """Token counts of one call.
+
+    ``prompt_tokens`` counts every input token, cache reads and cache writes included
+    (OpenAI's convention); ``completion_tokens`` counts every output token, reasoning
+    included. So cache and reasoning counts are parts of the totals, never additions.
+    """
+
+    model_config = FROZEN
+
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
+    cache_read_tokens: TokenCount = 0
+    cache_write_tokens: TokenCount = 0
+    reasoning_tokens: TokenCount = 0
+
+    @model_validator(mode="after")
+    def _parts_within_totals(self) -> TokenUsage:
+        if self.cache_read_tokens + self.cache_write_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cache_read_tokens ({self.cache_read_tokens}) + cache_write_tokens "
+                f"({self.cache_write_tokens}) exceed prompt_tokens ({self.prompt_tokens}); "
+                "prompt_tokens must include cached tokens"
+            )
+        if self.reasoning_tokens > self.completion_tokens:
+            raise ValueError(
+                f"reasoning_tokens ({self.reasoning_tokens}) exceed completion_tokens "
+                f"({self.completion_tokens}); completion_tokens must include reasoning tokens"
+            )
+        return self
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class UsageEvent(BaseModel):
+    """One completed LLM call, as any service reports it.
+
+    It must carry ``usage``, or text to count tokens from, or a ``reported_cost``.
+    """
+
+    model_config = FROZEN
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: EventId
+    occurred_at: AwareDatetime
+    model: ModelName
+    provider: ModelName | None = None
+    user_id: Identifier | None = None
+    team_id: Identifier | None = None
+    key_id: Identifier | None = None
+    end_user: Identifier | None = None
+    tags: tuple[Identifier, ...] = Field(default=(), max_length=TAGS_MAX)
+    usage: TokenUsage | None = None
+    reported_cost: Decimal | None = Field(default=None, ge=0, le=REPORTED_COST_USD_MAX)
+    input_text: str | None = Field(default=None, max_length=TEXT_CHARS_MAX)
+    output_text: str | None = Field(default=None, max_length=TEXT_CHARS_MAX)
+    metadata: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], MetadataValue] = Field(
+        default_factory=dict, max_length=METADATA_KEYS_MAX
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> UsageEvent:
+        if not OCCURRED_AT_MIN <= self.occurred_at < OCCURRED_AT_MAX:
+            raise ValueError(
+                f"occurred_at {self.occurred_at.isoformat()} is outside "
+                f"[{OCCURRED_AT_MIN.date()}, {OCCURRED_AT_MAX.date()})"
+            )
+        if len(set(self.tags)) != len(self.tags):
+            raise ValueError("tags contain duplicates")
+        if self.usage is None and self.input_text is None and self.output_text is None and self.reported_cost is None:
+            raise ValueError("an event needs usage, input_text/output_text, or reported_cost")
+        return self
+
+    def scope_keys(self) -> tuple[str, ...]:
+        """Every scope this event is charged to: global first, then user, team, key,
+        end user and each tag."""
+        keys = [GLOBAL_SCOPE]
+        for kind, value in (
+            ("user", self.user_id),
+            ("team", self.team_id),
+            ("key", self.key_id),
+            ("end_user", self.end_user),
+        ):
+            if value is not None:
+                keys.append(scope_key(kind, value))
+        keys.extend(scope_key("tag", tag) for tag in self.tags)
+        return tuple(keys)
+
+
+class UsageBatch(BaseModel):
+    """Several events in one message: per-message overhead dominates a Python stream
+    processor, so our own producers batch. Dedup stays per event_id."""
+
+    model_config = FROZEN
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    batch_id: EventId
+    events: tuple[UsageEvent, ...] = Field(min_length=1, max_length=BATCH_EVENTS_MAX)
+
+
+def check_event_time(
+    occurred_at: datetime,
+    now: datetime,
+    *,
+    max_future: timedelta = timedelta(minutes=5),
+    max_past: timedelta = timedelta(days=400),
+) -> None:
+    """Refuse event times too far from ``now`` (clock skew or garbage), given by the caller
+    since the domain never reads the clock."""
+    if occurred_at > now + max_future:
+        raise InvalidUsage(
+            f"{occurred_at.isoformat()} is more than {max_future} ahead of {now.isoformat()}",
+            field="occurred_at",
+        )
+    if occurred_at < now - max_past:
+        raise InvalidUsage(
+            f"{occurred_at.isoformat()} is more than {max_past.days} days before {now.isoformat()}",
+            field="occurred_at",
+        )

@@ -1,0 +1,1 @@
+"""The Faust app: topics, agents and tables that wire the ledger's domain to Kafka."""
