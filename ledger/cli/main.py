@@ -141,5 +141,29 @@ def prices_show(
     console.print(table)
 
 
+@prices_app.command("import-litellm")
+def prices_import_litellm(
+    source: Annotated[Path, typer.Argument(help="LiteLLM's model_prices_and_context_window.json")],
+    out: Annotated[Path, typer.Option(help="where to write the price book JSON")],
+    strict: Annotated[
+        bool, typer.Option(help="refuse the file if any price is finer than 12 decimal places per token")
+    ] = False,
+) -> None:
+    """Import a LiteLLM price file into a price book; every skipped entry is reported."""
+    from ledger.pricebooks.litellm import import_litellm_prices
+
+    try:
+        book, report = import_litellm_prices(
+            source.read_bytes(), source=f"litellm {source.name}", skip_imprecise=not strict
+        )
+    except (LedgerError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    out.write_text(book.model_dump_json(exclude_none=True))
+    console.print(f"{report.summary()}\nwrote {out} ({book.version[:19]})")
+    for reason, keys in sorted(report.skipped.items()):
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        console.print(f"  skipped ({escape(reason)}): {escape(shown)}")
+
+
 if __name__ == "__main__":
     app()

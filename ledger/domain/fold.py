@@ -201,7 +201,8 @@ class _Work:
 
     def roll(self, limit: _WorkLimit, moment: datetime) -> None:
         """Close the current window and open the one holding ``moment`` (same anchor)."""
-        assert limit.spec.duration is not None and limit.window_end is not None
+        assert limit.spec.duration is not None
+        assert limit.window_end is not None
         assert moment >= limit.window_end, "roll only past the window's end"
         closed_end = limit.window_end
         start, end = window_containing(

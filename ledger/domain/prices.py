@@ -325,6 +325,11 @@ class PriceIndex:
             self._overrides[(override.model.lower(), override.provider.lower() if override.provider else None)] = (
                 override
             )
+        # A model id names exactly one entry: it beats any other entry's alias of that name.
+        self._by_model_id: dict[str, tuple[ProviderPrices, ModelPrices]] = {}
+        for provider in book.providers:
+            for model in provider.models:
+                self._by_model_id.setdefault(model.model_id.lower(), (provider, model))
         self._cache: dict[tuple[str, str | None], ResolvedPrice | None] = {}
 
     def resolve(self, model: str, provider: str | None = None) -> ResolvedPrice | None:
@@ -362,10 +367,14 @@ class PriceIndex:
         return None
 
     def _resolve_beyond(self, reference: str, provider_ref: str | None) -> ResolvedPrice | None:
-        """What genai-prices does not do: a ``provider/model`` name with no provider given,
-        and a scan of every provider (books imported from LiteLLM have no provider rules)."""
+        """What genai-prices does not do: an entry whose id is exactly the name, then a
+        ``provider/model`` name with no provider given, then a scan of every provider
+        (books imported from LiteLLM have no provider rules)."""
         if provider_ref not in (None, "litellm"):
             return None
+        if (exact := self._by_model_id.get(reference)) is not None:
+            provider, model = exact
+            return ResolvedPrice(provider.provider_id, model.model_id, model, None)
         if "/" in reference:
             prefix, _, rest = reference.partition("/")
             provider = self._find_provider(prefix)
