@@ -373,12 +373,11 @@ class PriceIndex:
         if provider_ref not in (None, "litellm"):
             return None
         if (exact := self._by_model_id.get(reference)) is not None:
-            provider, model = exact
-            return ResolvedPrice(provider.provider_id, model.model_id, model, None)
+            return ResolvedPrice(exact[0].provider_id, exact[1].model_id, exact[1], None)
         if "/" in reference:
             prefix, _, rest = reference.partition("/")
-            provider = self._find_provider(prefix)
-            if provider is not None and (found := self._find_model(provider, rest)) is not None:
+            prefixed = self._find_provider(prefix)
+            if prefixed is not None and (found := self._find_model(prefixed, rest)) is not None:
                 return found
         for provider in self._book.providers:
             if (found := self._find_model(provider, reference, fallbacks=False)) is not None:
