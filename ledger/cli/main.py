@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,36 @@ def demo() -> None:
     for event, reason in result.dead_letters:
         console.print(f"[yellow]dead-letter[/yellow] {escape(event.event_id)}: {escape(reason)}")
     console.print("\n1 duplicate delivery dropped by event_id. Next: `make test`, or read README.md for the tour.")
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="loopback port to listen on (0: a free one)")] = 9092,
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until Ctrl-C."""
+    from ledger.broker import BrokerError, EmbeddedBroker
+
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # so a SIGTERM stops the broker too
+    embedded = EmbeddedBroker(port=port or None)
+    try:
+        embedded.start()
+    except BrokerError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"embedded broker (pid {embedded.pid}) on {embedded.bootstrap_servers}; "
+        f"export KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}; Ctrl-C stops it"
+    )
+    try:
+        code = embedded.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        embedded.stop()
+    if code != 0:
+        raise _fail(f"the broker exited with code {code}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from ledger.domain.budgets import BudgetAlert, BudgetCommand, BudgetState
 from ledger.domain.events import UsageBatch, UsageEvent
 from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry
+from ledger.domain.wire import DeadLetter
 
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "UsageEvent": UsageEvent,
@@ -19,6 +20,7 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "LedgerEntry": LedgerEntry,
     "BudgetState": BudgetState,
     "BudgetAlert": BudgetAlert,
+    "DeadLetter": DeadLetter,
 }
 
 

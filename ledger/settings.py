@@ -1,0 +1,49 @@
+"""Every setting of the service, in one place: environment variables prefixed
+``SPEND_LEDGER_`` (``KAFKA_BOOTSTRAP_SERVERS`` is read too, as Kafka tooling expects)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class Settings(BaseSettings):
+    """Service settings. Defaults suit a laptop; production overrides from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SPEND_LEDGER_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="comma-separated host:port list",
+    )
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    topic_prefix: str = Field(default="spend-ledger.", max_length=100, pattern=r"^[A-Za-z0-9._-]*$")
+    topic_partitions: int = Field(default=8, ge=1, le=1024)
+    # The embedded broker holds a JoinGroup for half the session timeout, so dev and tests
+    # keep it short; production on Apache Kafka may raise it (Faust's default is 60 s).
+    kafka_session_timeout_s: float = Field(default=6.0, gt=0.5, le=300)
+    kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0.05, le=60)
+
+    dedup_horizon_s: int = Field(default=7 * 86_400, ge=60, le=400 * 86_400)
+    trust_reported_cost: bool = False
+    window_tick_s: float = Field(default=1.0, gt=0.05, le=60)
+
+    data_dir: Path = Path("data")
+    duckdb_path: Path = Path("data/ledger.duckdb")
+
+
+def load_settings() -> Settings:
+    """Settings from the environment (a function, so tests can set variables first)."""
+    return Settings()

@@ -1,0 +1,40 @@
+"""Topic names (DESIGN section 3), shared by the worker, the api and the SDK."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Every topic of the ledger under one prefix."""
+
+    usage: str
+    budget_commands: str
+    prices: str
+    ledger_entries: str
+    budget_alerts: str
+    budget_state: str
+    dead_letter: str
+    admissions: str
+
+    def all(self) -> tuple[str, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    # Compacted topics keep the last record per key: configuration and snapshots.
+    def compacted(self) -> tuple[str, ...]:
+        return (self.budget_commands, self.prices, self.budget_state)
+
+
+def topic_names(prefix: str) -> TopicNames:
+    """Names under ``prefix`` (e.g. ``spend-ledger.usage``)."""
+    return TopicNames(
+        usage=f"{prefix}usage",
+        budget_commands=f"{prefix}budget-commands",
+        prices=f"{prefix}prices",
+        ledger_entries=f"{prefix}ledger-entries",
+        budget_alerts=f"{prefix}budget-alerts",
+        budget_state=f"{prefix}budget-state",
+        dead_letter=f"{prefix}dead-letter",
+        admissions=f"{prefix}admissions",
+    )

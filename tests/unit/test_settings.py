@@ -1,0 +1,34 @@
+"""Settings come from SPEND_LEDGER_* variables, with defaults that suit a laptop."""
+
+import pytest
+from pydantic import ValidationError
+
+from ledger.settings import load_settings
+
+
+def test_defaults_suit_the_embedded_broker(monkeypatch):
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka_session_timeout_s == 6.0
+    assert settings.dedup_horizon_s == 7 * 86_400
+    assert settings.trust_reported_cost is False
+
+
+def test_kafka_bootstrap_servers_is_read_as_kafka_tooling_expects(monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    assert load_settings().kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    monkeypatch.setenv("SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS", "override:9092")
+    assert load_settings().kafka_bootstrap_servers == "override:9092"
+
+
+def test_prefixed_variables_override_and_bad_values_are_refused(monkeypatch):
+    monkeypatch.setenv("SPEND_LEDGER_TOPIC_PARTITIONS", "16")
+    monkeypatch.setenv("SPEND_LEDGER_KAFKA_SASL_PASSWORD", "hunter2")
+    settings = load_settings()
+    assert settings.topic_partitions == 16
+    assert "hunter2" not in repr(settings)
+    monkeypatch.setenv("SPEND_LEDGER_TOPIC_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="topic_partitions"):
+        load_settings()

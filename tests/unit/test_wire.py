@@ -1,0 +1,85 @@
+"""Usage messages off the wire: single events and batches; every rejection keeps its
+original bytes and says why."""
+
+import base64
+import json
+
+import pytest
+
+from ledger.domain.wire import MESSAGE_BYTES_MAX, dead_letter, decode_usage_message
+
+EVENT = {
+    "event_id": "evt-1",
+    "occurred_at": "2025-11-03T09:00:00Z",
+    "model": "gpt-4o",
+    "team_id": "research",
+    "usage": {"prompt_tokens": 100, "completion_tokens": 20},
+}
+
+
+def encode(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_a_single_event_message_decodes_to_one_event():
+    events, rejected = decode_usage_message(encode(EVENT))
+    assert [e.event_id for e in events] == ["evt-1"]
+    assert rejected == []
+
+
+def test_a_batch_decodes_to_its_events():
+    batch = {"batch_id": "b1", "events": [{**EVENT, "event_id": f"evt-{i}"} for i in range(3)]}
+    events, rejected = decode_usage_message(encode(batch))
+    assert [e.event_id for e in events] == ["evt-0", "evt-1", "evt-2"]
+    assert rejected == []
+
+
+def test_a_bad_event_in_a_batch_rejects_only_that_event():
+    bad = {**EVENT, "event_id": "evt-bad", "usage": {"prompt_tokens": -5, "completion_tokens": 1}}
+    batch = {"batch_id": "b1", "events": [EVENT, bad, 17]}
+    events, rejected = decode_usage_message(encode(batch))
+    assert [e.event_id for e in events] == ["evt-1"]
+    assert [(r.reason, r.event_id) for r in rejected] == [("invalid_usage", "evt-bad"), ("not_an_object", None)]
+    assert "events[1]: usage.prompt_tokens: Input should be greater than or equal to 0" in rejected[0].detail
+    assert json.loads(rejected[0].original) == bad
+
+
+@pytest.mark.parametrize(
+    ("raw", "stage", "reason"),
+    [
+        (b'{"event_id": "evt-1", "model": ', "decode", "malformed_json"),
+        (b"", "decode", "malformed_json"),
+        (b"\xff\xfe", "decode", "malformed_json"),
+        (b"[1, 2]", "decode", "not_an_object"),
+        (b'"just a string"', "decode", "not_an_object"),
+        (encode({**EVENT, "schema_version": 2}), "decode", "unsupported_schema_version"),
+        (encode({**EVENT, "usage": {"prompt_tokens": "100"}}), "validate", "invalid_usage"),
+        (encode({**EVENT, "reported_cost": "NaN"}), "validate", "invalid_usage"),
+        (encode(EVENT).replace(b'"usage"', b'"reported_cost": NaN, "usage"'), "decode", "malformed_json"),
+        (encode({**EVENT, "occurred_at": "2025-11-03T09:00:00"}), "validate", "invalid_usage"),
+        (b"[" * 100_000 + b"]" * 100_000, "decode", "malformed_json"),
+        (encode({"batch_id": "b1", "events": []}), "validate", "invalid_batch"),
+        (encode({"batch_id": "b1", "events": "no"}), "validate", "invalid_batch"),
+    ],
+)
+def test_bad_messages_are_rejected_with_stage_and_reason(raw, stage, reason):
+    events, rejected = decode_usage_message(raw)
+    assert events == []
+    assert [(r.stage, r.reason) for r in rejected] == [(stage, reason)]
+    assert rejected[0].original == raw
+
+
+def test_an_oversized_message_is_rejected_before_parsing():
+    raw = b" " * (MESSAGE_BYTES_MAX + 1)
+    events, rejected = decode_usage_message(raw)
+    assert events == []
+    assert rejected[0].reason == "too_large"
+
+
+def test_a_dead_letter_carries_the_original_bytes_and_where_they_came_from():
+    raw = b'{"event_id": "evt-9", "model": 3'
+    _, (rejected,) = decode_usage_message(raw)
+    record = dead_letter(rejected, topic="spend-ledger.usage", key=b"evt-9", partition=2, offset=41)
+    assert base64.b64decode(record.original_value_b64) == raw
+    assert base64.b64decode(record.original_key_b64 or "") == b"evt-9"
+    assert (record.source_partition, record.source_offset, record.reason) == (2, 41, "malformed_json")
