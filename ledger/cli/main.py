@@ -105,18 +105,18 @@ def broker(
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # so a SIGTERM stops the broker too
     embedded = EmbeddedBroker(port=port or None)
-    try:
+    code = 0
+    try:  # one try around the whole lifetime: an interrupt at any point stops the broker
         embedded.start()
-    except BrokerError as exc:
-        raise _fail(str(exc)) from exc
-    console.print(
-        f"embedded broker (pid {embedded.pid}) on {embedded.bootstrap_servers}; "
-        f"export KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}; Ctrl-C stops it"
-    )
-    try:
+        console.print(
+            f"embedded broker (pid {embedded.pid}) on {embedded.bootstrap_servers}; "
+            f"export KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}; Ctrl-C stops it"
+        )
         code = embedded.wait()
     except KeyboardInterrupt:
         code = 0
+    except BrokerError as exc:
+        raise _fail(str(exc)) from exc
     finally:
         embedded.stop()
     if code != 0:

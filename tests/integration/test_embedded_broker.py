@@ -85,6 +85,7 @@ def test_spend_ledger_broker_runs_until_sigterm_and_leaves_no_broker_behind():
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    children: list[int] = []
     try:
         deadline = time.monotonic() + 20
         while not _answers("127.0.0.1", port):
@@ -102,6 +103,32 @@ def test_spend_ledger_broker_runs_until_sigterm_and_leaves_no_broker_behind():
         if command.poll() is None:
             command.kill()
             command.wait()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_broker_dies_with_the_process_that_started_it():
+    port = free_port()
+    script = (
+        "from ledger.broker import EmbeddedBroker\n"
+        f"running = EmbeddedBroker(port={port}).start()\n"
+        "print(running.pid, flush=True)\n"
+        "input()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    broker_pid = int(parent.stdout.readline()) if parent.stdout else 0
+    try:
+        assert _alive(broker_pid)
+        parent.kill()  # SIGKILL: no cleanup code runs in the parent
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(broker_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(broker_pid)
+    finally:
+        if broker_pid and _alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
 
 
 def test_topic_names_take_the_configured_prefix():
