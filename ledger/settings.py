@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     trust_reported_cost: bool = False
     window_tick_s: float = Field(default=1.0, gt=0.05, le=60)
 
+    # The worker reads up to this many messages, or what arrived within this time, per step.
+    worker_batch_messages_max: int = Field(default=500, ge=1, le=100_000)
+    worker_batch_within_s: float = Field(default=0.02, gt=0, le=10)
+    worker_shutdown_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    # Faust's exactly_once needs transactional producers: real Kafka only, not the embedded broker.
+    worker_exactly_once: bool = False
+    worker_standby_replicas: int = Field(default=1, ge=0, le=8)
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
     data_dir: Path = Path("data")
     duckdb_path: Path = Path("data/ledger.duckdb")
 

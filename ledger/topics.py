@@ -38,3 +38,21 @@ def topic_names(prefix: str) -> TopicNames:
         dead_letter=f"{prefix}dead-letter",
         admissions=f"{prefix}admissions",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class InternalTopicNames:
+    """The worker's private topics between its stages (not for other consumers)."""
+
+    usage_by_event: str
+    scope_charges: str
+
+    def all(self) -> tuple[str, ...]:
+        return (self.usage_by_event, self.scope_charges)
+
+
+def internal_topic_names(prefix: str) -> InternalTopicNames:
+    """Names under ``prefix``, marked internal."""
+    return InternalTopicNames(
+        usage_by_event=f"{prefix}internal.usage-by-event", scope_charges=f"{prefix}internal.scope-charges"
+    )

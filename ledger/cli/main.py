@@ -124,6 +124,22 @@ def broker(
 
 
 @app.command()
+def worker() -> None:
+    """Run the stream worker (Faust) against KAFKA_BOOTSTRAP_SERVERS until Ctrl-C/SIGTERM."""
+    from pydantic import ValidationError
+
+    from ledger.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise _fail(f"invalid settings: {exc}") from exc
+    from streams.worker import run_worker
+
+    run_worker(settings)
+
+
+@app.command()
 def schema(
     name: Annotated[str | None, typer.Argument(help=f"one of: {', '.join(WIRE_MODELS)}")] = None,
     out: Annotated[Path | None, typer.Option(help="write every schema as NAME.schema.json into this folder")] = None,

@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from ledger.domain.budgets import (
     AlertKind,
@@ -32,6 +33,29 @@ from ledger.domain.windows import parse_duration, window_containing
 Alerts = tuple[BudgetAlert, ...]
 
 
+class Chargeable(Protocol):
+    """What the fold reads of a charge: a ``LedgerEntry`` or a ``Charge``."""
+
+    @property
+    def entry_id(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def cost_nanos(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One ledger entry's charge to one scope: what travels to the scope's owner."""
+
+    entry_id: str
+    occurred_at: datetime
+    model: str
+    cost_nanos: int
+
+
 def new_state(scope_key: str, alias: str | None = None) -> BudgetState:
     """The state of a scope nothing has happened to yet."""
     return BudgetState(scope_key=scope_key, alias=alias)
@@ -39,16 +63,17 @@ def new_state(scope_key: str, alias: str | None = None) -> BudgetState:
 
 def apply(state: BudgetState, entry: LedgerEntry) -> tuple[BudgetState, Alerts]:
     """Charge one ledger entry to one scope."""
+    if state.scope_key not in entry.scope_keys:
+        raise ValueError(f"entry {entry.entry_id} does not charge scope {state.scope_key}")
     return apply_batch(state, (entry,))
 
 
-def apply_batch(state: BudgetState, entries: Iterable[LedgerEntry]) -> tuple[BudgetState, Alerts]:
+def apply_batch(state: BudgetState, entries: Iterable[Chargeable]) -> tuple[BudgetState, Alerts]:
     """Charge entries to one scope in the order given; the same as calling ``apply`` on
-    each in turn, but the state is built once (the worker's hot path)."""
+    each in turn, but the state is built once (the worker's hot path). The caller has
+    checked that every entry charges this scope."""
     work = _Work.of(state)
     for entry in entries:
-        if state.scope_key not in entry.scope_keys:
-            raise ValueError(f"entry {entry.entry_id} does not charge scope {state.scope_key}")
         work.total_spend_nanos += entry.cost_nanos
         work.entry_count += 1
         if work.last_occurred_at is None or entry.occurred_at > work.last_occurred_at:

@@ -8,6 +8,7 @@ breakdown is allocated so its parts add up to the cost exactly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from ledger.domain.errors import InvalidUsage, UnpricedModel
-from ledger.domain.events import FROZEN, SCHEMA_VERSION, EventId, ModelName, TokenUsage, UsageEvent
+from ledger.domain.events import BATCH_EVENTS_MAX, FROZEN, SCHEMA_VERSION, EventId, ModelName, TokenUsage, UsageEvent
 from ledger.domain.money import MAX_NANOS, allocate_rounded, usd_to_nanos
 from ledger.domain.prices import PriceBook, RateValue, TieredRate, TokenRates
 
@@ -83,6 +84,24 @@ class LedgerEntry(BaseModel):
         if self.breakdown is not None and self.breakdown.total_nanos != self.cost_nanos:
             raise ValueError("breakdown does not add up to cost_nanos")
         return self
+
+
+class LedgerEntryBatch(BaseModel):
+    """What one ``ledger-entries`` message carries: the entries priced from one input
+    message. ``batch_id`` is the same when that input is processed again, so a consumer
+    deduplicates by ``batch_id`` or by each ``entry_id``."""
+
+    model_config = FROZEN
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    batch_id: str = Field(min_length=1, max_length=300)
+    entries: tuple[LedgerEntry, ...] = Field(min_length=1, max_length=BATCH_EVENTS_MAX)
+
+    @staticmethod
+    def encode(batch_id: str, entries: list[LedgerEntry]) -> bytes:
+        """The JSON of a batch, built from each entry's own JSON (the worker's hot path)."""
+        head = b'{"schema_version":1,"batch_id":' + json.dumps(batch_id).encode() + b',"entries":['
+        return head + b",".join(entry.model_dump_json().encode() for entry in entries) + b"]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 from ledger.domain.budgets import BudgetAlert, BudgetCommand, BudgetState
 from ledger.domain.events import UsageBatch, UsageEvent
 from ledger.domain.prices import PriceBook
-from ledger.domain.pricing import LedgerEntry
+from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch
+from ledger.domain.snapshots import BudgetSnapshot
 from ledger.domain.wire import DeadLetter
 
 WIRE_MODELS: dict[str, type[BaseModel]] = {
@@ -18,7 +19,9 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "BudgetCommand": BudgetCommand,
     "PriceBook": PriceBook,
     "LedgerEntry": LedgerEntry,
+    "LedgerEntryBatch": LedgerEntryBatch,
     "BudgetState": BudgetState,
+    "BudgetSnapshot": BudgetSnapshot,
     "BudgetAlert": BudgetAlert,
     "DeadLetter": DeadLetter,
 }

@@ -1,0 +1,103 @@
+"""Kafka plumbing shared by the worker, the api, the SDK and the benchmarks: client
+options from settings, and the topics the ledger needs, created if missing."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from ledger.settings import Settings
+from ledger.topics import internal_topic_names, topic_names
+
+PRICES_PARTITIONS = 1  # price books are few and ordered: newest wins
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options for any aiokafka client (bootstrap servers, TLS, SASL)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(
+            cafile=None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile)
+        )
+    if settings.kafka_sasl_mechanism is not None:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        options["sasl_plain_password"] = None if password is None else password.get_secret_value()
+    return options
+
+
+def wanted_topics(settings: Settings) -> list[NewTopic]:
+    """Every topic of the ledger with its partition count and cleanup policy."""
+    names = topic_names(settings.topic_prefix)
+    compacted = set(names.compacted())
+    topics = []
+    for name in (*names.all(), *internal_topic_names(settings.topic_prefix).all()):
+        partitions = PRICES_PARTITIONS if name == names.prices else settings.topic_partitions
+        configs = {"cleanup.policy": "compact"} if name in compacted else {}
+        topics.append(NewTopic(name, partitions, 1, topic_configs=configs))
+    return topics
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the ledger's topics that do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in wanted_topics(settings) if topic.name not in existing]
+        created = []
+        for topic in missing:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:  # another process created it meanwhile
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+END_OFFSETS_TIMEOUT_S = 10.0
+
+
+async def end_offsets(settings: Settings, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset after the last record of each partition, from a fetch's high watermark.
+
+    ListOffsets is not enough: the embedded broker (Tansu) answers it with the base offset
+    of the partition's last record batch plus one (5 records produced as one batch report
+    an end of 1), which made Faust stop restoring a table after its first changelog batch.
+    A fetch response carries the true high watermark, on Tansu and on Apache Kafka alike.
+    """
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        listed = await consumer.end_offsets(partitions)
+        ends = {tp: 0 for tp, end in listed.items() if end == 0}  # nothing was ever written there
+        probe = [tp for tp in partitions if tp not in ends]
+        if probe:
+            consumer.assign(probe)
+            for tp in probe:
+                consumer.seek(tp, listed[tp] - 1)
+            deadline = time.monotonic() + END_OFFSETS_TIMEOUT_S
+            while len(ends) < len(partitions):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no fetch answer for {sorted(set(probe) - set(ends))}")
+                await consumer.getmany(*[tp for tp in probe if tp not in ends], timeout_ms=200, max_records=1)
+                for tp in probe:
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None:
+                        ends[tp] = max(highwater, listed[tp])
+        return {tp: ends[tp] for tp in partitions}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,448 @@
+"""The Faust app: topics, tables and agents of the live pipeline (DESIGN sections 2, 3, 5, 6).
+
+Three hops, each owning what it must see whole:
+
+1. ``route_usage`` reads ``usage`` (any key, one event or a ``UsageBatch`` per message),
+   refuses what cannot be decoded, and routes each event by its event_id to
+   ``internal.usage-by-event``: every copy of an event_id meets the same dedup index.
+2. ``price_usage`` drops duplicates, prices the new events, writes one ``ledger-entries``
+   message per input message and routes each scope's charge by scope key to
+   ``internal.scope-charges``. ``route_commands`` routes ``budget-commands`` there too.
+3. ``fold_scopes`` folds charges and commands into each scope's ``BudgetSnapshot`` (the
+   ``budget`` table, whose changelog is the compacted ``budget-state`` topic), and sends
+   alerts. A timer rolls windows over when no usage arrives.
+
+Delivery is at least once. Re-delivered input is harmless: the dedup index treats a
+message it has seen as new only for that same message (its outputs are rebuilt the same),
+and each snapshot records the last input offset per source (``ledger.domain.snapshots``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import faust.transport.drivers.aiokafka
+import orjson
+from aiokafka import TopicPartition
+from faust.types import EventT, StreamT
+from pydantic import ValidationError
+
+from ledger.domain.budgets import BudgetCommand
+from ledger.domain.dedup import DedupIndex
+from ledger.domain.errors import InvalidUsage, UnpricedModel
+from ledger.domain.events import UsageEvent
+from ledger.domain.fold import Charge
+from ledger.domain.prices import PriceBook
+from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch, price_event
+from ledger.domain.snapshots import BudgetSnapshot, ScopeInput, empty_snapshot, fold_inputs, fold_tick, next_window_end
+from ledger.domain.wire import DeadLetter, Rejected, dead_letter, field_errors, split_usage_message, validate_usage
+from ledger.kafka import end_offsets
+from ledger.settings import Settings
+from ledger.topics import internal_topic_names, topic_names
+from streams.codec import (
+    Source,
+    decode_routed,
+    decode_scope_record,
+    encode_charges,
+    encode_command,
+    encode_routed,
+    faust_partitioner,
+    partition_of,
+)
+from streams.prices import PriceFollower
+
+log = logging.getLogger(__name__)
+
+ROUTED_BYTES_MAX = 900_000  # under Kafka's default 1 MB message limit
+DEDUP_EXPIRY_EVERY_S = 60.0
+SCOPE_PARTITION_CACHE_MAX = 1_000_000
+
+
+def faust_broker_urls(bootstrap_servers: str) -> str:
+    """``host:9092,host2:9092`` as Faust's ``kafka://host:9092;kafka://host2:9092``."""
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip())
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """SASL/TLS credentials for Faust, or None for plaintext."""
+    import ssl
+
+    context = None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        cafile = None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile)
+        context = ssl.create_default_context(cafile=cafile)
+    if settings.kafka_sasl_mechanism is not None:
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=None if password is None else password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return None if context is None else faust.SSLCredentials(context)
+
+
+def use_fetched_end_offsets(settings: Settings) -> None:
+    """Make Faust find a changelog's end with ``ledger.kafka.end_offsets`` (see there why:
+    without it, a restarted worker restored only the first batch of each changelog)."""
+    thread_class = faust.transport.drivers.aiokafka.AIOKafkaConsumerThread
+
+    async def _highwaters(self: Any, partitions: list[Any]) -> Any:
+        if self.consumer.in_transaction:
+            consumer = self._ensure_consumer()
+            return {tp: consumer.last_stable_offset(tp) for tp in partitions}
+        ends = await end_offsets(settings, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
+
+    thread_class._highwaters = _highwaters  # type: ignore[method-assign]
+
+
+class LedgerWorker:
+    """The worker's app, topics, tables and in-memory indexes, built from settings."""
+
+    def __init__(self, settings: Settings, default_book: Callable[[], PriceBook], count_tokens: Callable[[str], int]):
+        use_fetched_end_offsets(settings)
+        self.settings = settings
+        self.partitions = settings.topic_partitions
+        self.count_tokens = count_tokens
+        names = topic_names(settings.topic_prefix)
+        internal = internal_topic_names(settings.topic_prefix)
+        self.names = names
+        self.app = faust.App(
+            f"{settings.topic_prefix}worker",
+            broker=faust_broker_urls(settings.kafka_bootstrap_servers),
+            broker_credentials=faust_credentials(settings),
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=self.partitions,
+            broker_session_timeout=settings.kafka_session_timeout_s,
+            broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
+            producer_partitioner=faust_partitioner,
+            producer_max_request_size=16 * 1024 * 1024,
+            producer_linger_ms=2,
+            consumer_max_fetch_size=16 * 1024 * 1024,
+            consumer_auto_offset_reset="earliest",
+            table_standby_replicas=settings.worker_standby_replicas,
+            processing_guarantee="exactly_once" if settings.worker_exactly_once else "at_least_once",
+        )
+
+        def raw_topic(name: str, **options: Any) -> faust.TopicT:
+            return self.app.topic(
+                name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **options
+            )
+
+        self.usage_topic = raw_topic(names.usage)
+        self.commands_topic = raw_topic(names.budget_commands)
+        self.routed_topic = raw_topic(internal.usage_by_event, internal=True, partitions=self.partitions)
+        self.scope_topic = raw_topic(internal.scope_charges, internal=True, partitions=self.partitions)
+        self.entries_topic = raw_topic(names.ledger_entries)
+        self.alerts_topic = raw_topic(names.budget_alerts)
+        self.dead_letter_topic = raw_topic(names.dead_letter)
+        budget_state = raw_topic(names.budget_state, partitions=self.partitions, compacting=True, deleting=False)
+
+        # The dedup log is written while iterating its own partition's messages, one record
+        # per input message (key "partition:offset"), so Faust's default table partitioning
+        # (the current message's partition) is the one we want.
+        self.dedup_table = self.app.Table("dedup", key_type=bytes, value_type=bytes, partitions=self.partitions)
+        # Budget snapshots are written once per step for every scope that changed, and by
+        # the window timer outside any stream iteration: so the table is written through
+        # the partitioner (use_partitioner=True), and every hop routes scope keys with the
+        # same function (streams.codec.partition_of, installed as the producer's partitioner).
+        self.budget_table = self.app.Table(
+            "budget",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=self.partitions,
+            changelog_topic=budget_state,
+            use_partitioner=True,
+        )
+
+        self.prices = PriceFollower(settings, names.prices, default_book)
+        self._dedup: dict[int, DedupIndex] = {}
+        self._dedup_expired_at: dict[int, float] = {}
+        self._snapshots: dict[str, BudgetSnapshot] = {}
+        self._window_ends: list[tuple[datetime, str]] = []
+        self._rescan_windows = True
+        self._scope_partition: dict[str, int] = {}
+
+        self.budget_table.on_recover(self._on_recovered)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.task(self._follow_prices)
+        self.app.timer(settings.window_tick_s)(self._tick)
+        self.app.agent(self.usage_topic, name="route-usage")(self._route_usage)
+        self.app.agent(self.commands_topic, name="route-commands")(self._route_commands)
+        self.app.agent(self.routed_topic, name="price-usage")(self._price_usage)
+        self.app.agent(self.scope_topic, name="fold-scopes")(self._fold_scopes)
+
+    # -- rebalancing: in-memory indexes follow the partitions this worker owns --------
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self._dedup.clear()
+        self._snapshots.clear()
+        self._window_ends.clear()
+
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self._rescan_windows = True
+
+    async def _on_recovered(self) -> None:
+        self._rescan_windows = True
+
+    async def _follow_prices(self) -> None:
+        await self.prices.follow()
+
+    # -- hop 1: decode and route by event_id -----------------------------------------
+
+    async def _route_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
+        settings = self.settings
+        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
+            settings.worker_batch_messages_max, settings.worker_batch_within_s
+        )
+        async for events in batches:
+            groups: dict[int, _RoutedGroup] = {}
+            for event in events:
+                message = event.message
+                source = Source(message.topic, message.partition, message.offset, message.key)
+                value = message.value if isinstance(message.value, bytes) else b""
+                raw_events, rejected = split_usage_message(value)
+                for refused in rejected:
+                    self._dead_letter(refused, source)
+                for raw_event in raw_events:
+                    body = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
+                    event_id = raw_event.raw.get("event_id")
+                    route_key = event_id.encode() if isinstance(event_id, str) else body
+                    target = partition_of(route_key, self.partitions)
+                    group = groups.get(target)
+                    if group is None or group.size + len(body) > ROUTED_BYTES_MAX:
+                        if group is not None:
+                            self._send_routed(target, group)
+                        group = groups[target] = _RoutedGroup()
+                    group.add(source, body)
+            for target, group in groups.items():
+                self._send_routed(target, group)
+            yield None
+
+    def _send_routed(self, target: int, group: _RoutedGroup) -> None:
+        self.routed_topic.send_soon(key=None, value=encode_routed(group.sources, group.events), partition=target)
+
+    # -- hop 2: dedup, price, write entries, route charges by scope ------------------
+
+    async def _price_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
+        await self.prices.ready.wait()
+        async for event in stream.events():
+            self._price_message(event)
+            yield None
+
+    def _price_message(self, event: EventT[bytes]) -> None:
+        message = event.message
+        partition, offset = message.partition, message.offset
+        dedup = self._dedup_index(partition)
+        sources, items = decode_routed(message.value or b"")
+        checked: list[tuple[UsageEvent, Source, bytes]] = []
+        for source_index, body in items:
+            source = sources[source_index]
+            try:
+                raw = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:  # hop 1 sent only objects; a bug if reached
+                self._dead_letter(Rejected(body, "decode", "malformed_json", str(exc)), source)
+                continue
+            usage = validate_usage(raw, original=body)
+            if isinstance(usage, Rejected):
+                self._dead_letter(usage, source)
+            else:
+                checked.append((usage, source, body))
+        verdicts = dedup.admit(offset, [usage.event_id for usage, _, _ in checked])
+        fresh = [item for item, new in zip(checked, verdicts, strict=True) if new]
+
+        book = self.prices.book
+        entries: list[LedgerEntry] = []
+        charges: dict[int, list[tuple[str, Charge]]] = {}
+        for usage, source, body in fresh:
+            try:
+                entry = price_event(
+                    usage, book, count_tokens=self.count_tokens, trust_reported_cost=self.settings.trust_reported_cost
+                )
+            except UnpricedModel as exc:
+                self._dead_letter(Rejected(body, "price", "unpriced", str(exc), usage.event_id), source)
+                continue
+            except InvalidUsage as exc:
+                self._dead_letter(Rejected(body, "price", "invalid_usage", str(exc), usage.event_id), source)
+                continue
+            entries.append(entry)
+            charge = Charge(entry.entry_id, entry.occurred_at, entry.model, entry.cost_nanos)
+            for scope in entry.scope_keys:
+                charges.setdefault(self._owner(scope), []).append((scope, charge))
+
+        accepted = [usage.event_id for usage, _, _ in fresh]
+        if dedup.record(offset, accepted, time.time()):
+            self.dedup_table[f"{partition}:{offset}".encode()] = orjson.dumps({"at": time.time(), "ids": accepted})
+        batch_id = f"{message.topic}/{partition}/{offset}"
+        if entries:
+            self.entries_topic.send_soon(
+                key=batch_id.encode(), value=LedgerEntryBatch.encode(batch_id, entries), partition=partition
+            )
+        for owner, rows in charges.items():
+            self.scope_topic.send_soon(
+                key=batch_id.encode(), value=encode_charges(f"u{partition}", offset, rows), partition=owner
+            )
+        self._expire_dedup(partition, dedup)
+
+    def _dedup_index(self, partition: int) -> DedupIndex:
+        """This partition's index, rebuilt from the dedup table the first time after an
+        assignment (the table holds what the changelog restored)."""
+        index = self._dedup.get(partition)
+        if index is not None:
+            return index
+        index = self._dedup[partition] = DedupIndex()
+        prefix = f"{partition}:".encode()
+        logged = []
+        for key, value in self.dedup_table.items():
+            if key.startswith(prefix):
+                record = orjson.loads(value)
+                logged.append((int(key[len(prefix) :]), record["ids"], record["at"]))
+        for offset, ids, seen_at in sorted(logged):
+            index.record(offset, ids, seen_at)
+        self._dedup_expired_at[partition] = time.monotonic()
+        return index
+
+    def _expire_dedup(self, partition: int, dedup: DedupIndex) -> None:
+        if time.monotonic() - self._dedup_expired_at.get(partition, 0.0) < DEDUP_EXPIRY_EVERY_S:
+            return
+        self._dedup_expired_at[partition] = time.monotonic()
+        for offset in dedup.expire(time.time(), self.settings.dedup_horizon_s):
+            self.dedup_table.pop(f"{partition}:{offset}".encode(), None)
+
+    def _owner(self, scope: str) -> int:
+        owner = self._scope_partition.get(scope)
+        if owner is None:
+            if len(self._scope_partition) >= SCOPE_PARTITION_CACHE_MAX:
+                self._scope_partition.clear()
+            owner = self._scope_partition[scope] = partition_of(scope.encode(), self.partitions)
+        return owner
+
+    # -- budget commands: validate, route by scope ----------------------------------
+
+    async def _route_commands(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            message = event.message
+            source = Source(message.topic, message.partition, message.offset, message.key)
+            value = message.value if isinstance(message.value, bytes) else b""
+            try:
+                command = BudgetCommand.model_validate_json(value)
+            except ValidationError as exc:
+                self._dead_letter(Rejected(value, "validate", "invalid_command", field_errors(exc)), source)
+            else:
+                record = encode_command(f"c{message.partition}", message.offset, command.model_dump_json().encode())
+                self.scope_topic.send_soon(
+                    key=command.scope_key.encode(), value=record, partition=self._owner(command.scope_key)
+                )
+            yield None
+
+    # -- hop 3: fold into budget snapshots -------------------------------------------
+
+    async def _fold_scopes(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
+        settings = self.settings
+        async for values in stream.take(settings.worker_batch_messages_max, settings.worker_batch_within_s):
+            inputs: dict[str, list[ScopeInput]] = {}
+            for value in values:
+                record = decode_scope_record(value)
+                if record.command is not None:
+                    command = BudgetCommand.model_validate(record.command)
+                    inputs.setdefault(command.scope_key, []).append(
+                        ScopeInput(record.source, record.offset, command=command)
+                    )
+                for scope, scope_charges in record.charges.items():
+                    inputs.setdefault(scope, []).append(
+                        ScopeInput(record.source, record.offset, charges=tuple(scope_charges))
+                    )
+            for scope, scope_inputs in inputs.items():
+                before = self._snapshot(scope)
+                after, alerts = fold_inputs(before, scope_inputs)
+                if after is not before:
+                    self._store(scope, after, before)
+                for alert in alerts:
+                    self.alerts_topic.send_soon(key=scope.encode(), value=alert.model_dump_json().encode())
+            yield None
+
+    def _snapshot(self, scope: str) -> BudgetSnapshot:
+        snapshot = self._snapshots.get(scope)
+        if snapshot is None:
+            stored = self.budget_table.get(scope.encode())
+            snapshot = empty_snapshot(scope) if stored is None else BudgetSnapshot.model_validate_json(stored)
+            self._snapshots[scope] = snapshot
+        return snapshot
+
+    def _store(self, scope: str, snapshot: BudgetSnapshot, before: BudgetSnapshot) -> None:
+        self._snapshots[scope] = snapshot
+        self.budget_table[scope.encode()] = snapshot.model_dump_json().encode()
+        ends = next_window_end(snapshot)
+        if ends is not None and ends != next_window_end(before):
+            heapq.heappush(self._window_ends, (ends, scope))
+
+    async def _tick(self) -> None:
+        """Roll over windows that ended, so budgets reset with no new usage."""
+        if self._rescan_windows:
+            self._rescan_windows = False
+            self._scan_window_ends()
+        now = datetime.now(UTC)
+        while self._window_ends and self._window_ends[0][0] <= now:
+            _, scope = heapq.heappop(self._window_ends)
+            before = self._snapshots.get(scope)
+            if before is None:
+                continue
+            after, alerts = fold_tick(before, now)
+            if after is not before:
+                self._store(scope, after, before)
+                for alert in alerts:
+                    self.alerts_topic.send_soon(key=scope.encode(), value=alert.model_dump_json().encode())
+        while self.prices.rejected:
+            self._send_dead_letter(self.prices.rejected.pop(0), None)
+
+    def _scan_window_ends(self) -> None:
+        """After an assignment: load every owned scope whose windows end, for the timer."""
+        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.scope_topic.get_topic_name()}
+        for key, value in list(self.budget_table.items()):
+            scope = key.decode()
+            if b'"window_end":"' not in value or self._owner(scope) not in owned:
+                continue
+            snapshot = self._snapshot(scope)
+            ends = next_window_end(snapshot)
+            if ends is not None:
+                heapq.heappush(self._window_ends, (ends, scope))
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def _dead_letter(self, rejected: Rejected, source: Source) -> None:
+        record = dead_letter(
+            rejected, topic=source.topic, key=source.key, partition=source.partition, offset=source.offset
+        )
+        self._send_dead_letter(record, source.key)
+
+    def _send_dead_letter(self, record: DeadLetter, key: bytes | None) -> None:
+        self.dead_letter_topic.send_soon(key=key, value=record.model_dump_json().encode())
+
+
+class _RoutedGroup:
+    """Events bound for one ``usage-by-event`` partition, with their sources."""
+
+    __slots__ = ("events", "size", "source_index", "sources")
+
+    def __init__(self) -> None:
+        self.sources: list[Source] = []
+        self.source_index: dict[Source, int] = {}
+        self.events: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, source: Source, body: bytes) -> None:
+        index = self.source_index.get(source)
+        if index is None:
+            index = self.source_index[source] = len(self.sources)
+            self.sources.append(source)
+        self.events.append((index, body))
+        self.size += len(body) + 8
