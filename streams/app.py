@@ -30,18 +30,18 @@ import faust
 import faust.transport.drivers.aiokafka
 import orjson
 from aiokafka import TopicPartition
-from faust.types import EventT, StreamT
+from faust.types import EventT, StreamT, TableT
 from pydantic import ValidationError
 
 from ledger.domain.budgets import BudgetCommand
 from ledger.domain.dedup import DedupIndex
 from ledger.domain.errors import InvalidUsage, UnpricedModel
 from ledger.domain.events import UsageEvent
-from ledger.domain.fold import Charge
+from ledger.domain.fold import Alerts, Charge
 from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch, price_event
 from ledger.domain.snapshots import BudgetSnapshot, ScopeInput, empty_snapshot, fold_inputs, fold_tick, next_window_end
-from ledger.domain.wire import DeadLetter, Rejected, dead_letter, field_errors, split_usage_message, validate_usage
+from ledger.domain.wire import Rejected, dead_letter, field_errors, split_usage_message, validate_usage
 from ledger.kafka import end_offsets
 from ledger.settings import Settings
 from ledger.topics import internal_topic_names, topic_names
@@ -55,6 +55,7 @@ from streams.codec import (
     faust_partitioner,
     partition_of,
 )
+from streams.outputs import StepOutputs
 from streams.prices import PriceFollower
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class LedgerWorker:
             producer_partitioner=faust_partitioner,
             producer_max_request_size=16 * 1024 * 1024,
             producer_linger_ms=2,
+            producer_max_batch_size=1024 * 1024,
             consumer_max_fetch_size=16 * 1024 * 1024,
             consumer_auto_offset_reset="earliest",
             table_standby_replicas=settings.worker_standby_replicas,
@@ -205,6 +207,7 @@ class LedgerWorker:
             settings.worker_batch_messages_max, settings.worker_batch_within_s
         )
         async for events in batches:
+            outputs = self._outputs()
             groups: dict[int, _RoutedGroup] = {}
             for event in events:
                 message = event.message
@@ -212,7 +215,7 @@ class LedgerWorker:
                 value = message.value if isinstance(message.value, bytes) else b""
                 raw_events, rejected = split_usage_message(value)
                 for refused in rejected:
-                    self._dead_letter(refused, source)
+                    self._dead_letter(outputs, refused, source)
                 for raw_event in raw_events:
                     body = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
                     event_id = raw_event.raw.get("event_id")
@@ -221,25 +224,28 @@ class LedgerWorker:
                     group = groups.get(target)
                     if group is None or group.size + len(body) > ROUTED_BYTES_MAX:
                         if group is not None:
-                            self._send_routed(target, group)
+                            self._send_routed(outputs, target, group)
                         group = groups[target] = _RoutedGroup()
                     group.add(source, body)
             for target, group in groups.items():
-                self._send_routed(target, group)
+                self._send_routed(outputs, target, group)
+            await outputs.send()
             yield None
 
-    def _send_routed(self, target: int, group: _RoutedGroup) -> None:
-        self.routed_topic.send_soon(key=None, value=encode_routed(group.sources, group.events), partition=target)
+    def _send_routed(self, outputs: StepOutputs, target: int, group: _RoutedGroup) -> None:
+        outputs.add(self.routed_topic.get_topic_name(), target, None, encode_routed(group.sources, group.events))
 
     # -- hop 2: dedup, price, write entries, route charges by scope ------------------
 
     async def _price_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
         await self.prices.ready.wait()
         async for event in stream.events():
-            self._price_message(event)
+            outputs = self._outputs()
+            self._price_message(event, outputs)
+            await outputs.send()
             yield None
 
-    def _price_message(self, event: EventT[bytes]) -> None:
+    def _price_message(self, event: EventT[bytes], outputs: StepOutputs) -> None:
         message = event.message
         partition, offset = message.partition, message.offset
         dedup = self._dedup_index(partition)
@@ -250,11 +256,11 @@ class LedgerWorker:
             try:
                 raw = orjson.loads(body)
             except orjson.JSONDecodeError as exc:  # hop 1 sent only objects; a bug if reached
-                self._dead_letter(Rejected(body, "decode", "malformed_json", str(exc)), source)
+                self._dead_letter(outputs, Rejected(body, "decode", "malformed_json", str(exc)), source)
                 continue
             usage = validate_usage(raw, original=body)
             if isinstance(usage, Rejected):
-                self._dead_letter(usage, source)
+                self._dead_letter(outputs, usage, source)
             else:
                 checked.append((usage, source, body))
         verdicts = dedup.admit(offset, [usage.event_id for usage, _, _ in checked])
@@ -269,10 +275,11 @@ class LedgerWorker:
                     usage, book, count_tokens=self.count_tokens, trust_reported_cost=self.settings.trust_reported_cost
                 )
             except UnpricedModel as exc:
-                self._dead_letter(Rejected(body, "price", "unpriced", str(exc), usage.event_id), source)
+                self._dead_letter(outputs, Rejected(body, "price", "unpriced", str(exc), usage.event_id), source)
                 continue
             except InvalidUsage as exc:
-                self._dead_letter(Rejected(body, "price", "invalid_usage", str(exc), usage.event_id), source)
+                rejected = Rejected(body, "price", "invalid_usage", str(exc), usage.event_id)
+                self._dead_letter(outputs, rejected, source)
                 continue
             entries.append(entry)
             charge = Charge(entry.entry_id, entry.occurred_at, entry.model, entry.cost_nanos)
@@ -281,17 +288,16 @@ class LedgerWorker:
 
         accepted = [usage.event_id for usage, _, _ in fresh]
         if dedup.record(offset, accepted, time.time()):
-            self.dedup_table[f"{partition}:{offset}".encode()] = orjson.dumps({"at": time.time(), "ids": accepted})
+            log_record = orjson.dumps({"at": time.time(), "ids": accepted})
+            self._write_table(outputs, self.dedup_table, partition, f"{partition}:{offset}".encode(), log_record)
         batch_id = f"{message.topic}/{partition}/{offset}"
         if entries:
-            self.entries_topic.send_soon(
-                key=batch_id.encode(), value=LedgerEntryBatch.encode(batch_id, entries), partition=partition
-            )
+            value = LedgerEntryBatch.encode(batch_id, entries)
+            outputs.add(self.entries_topic.get_topic_name(), partition, batch_id.encode(), value)
         for owner, rows in charges.items():
-            self.scope_topic.send_soon(
-                key=batch_id.encode(), value=encode_charges(f"u{partition}", offset, rows), partition=owner
-            )
-        self._expire_dedup(partition, dedup)
+            value = encode_charges(f"u{partition}", offset, rows)
+            outputs.add(self.scope_topic.get_topic_name(), owner, batch_id.encode(), value)
+        self._expire_dedup(outputs, partition, dedup)
 
     def _dedup_index(self, partition: int) -> DedupIndex:
         """This partition's index, rebuilt from the dedup table the first time after an
@@ -311,12 +317,12 @@ class LedgerWorker:
         self._dedup_expired_at[partition] = time.monotonic()
         return index
 
-    def _expire_dedup(self, partition: int, dedup: DedupIndex) -> None:
+    def _expire_dedup(self, outputs: StepOutputs, partition: int, dedup: DedupIndex) -> None:
         if time.monotonic() - self._dedup_expired_at.get(partition, 0.0) < DEDUP_EXPIRY_EVERY_S:
             return
         self._dedup_expired_at[partition] = time.monotonic()
         for offset in dedup.expire(time.time(), self.settings.dedup_horizon_s):
-            self.dedup_table.pop(f"{partition}:{offset}".encode(), None)
+            self._write_table(outputs, self.dedup_table, partition, f"{partition}:{offset}".encode(), None)
 
     def _owner(self, scope: str) -> int:
         owner = self._scope_partition.get(scope)
@@ -330,18 +336,19 @@ class LedgerWorker:
 
     async def _route_commands(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
+            outputs = self._outputs()
             message = event.message
             source = Source(message.topic, message.partition, message.offset, message.key)
             value = message.value if isinstance(message.value, bytes) else b""
             try:
                 command = BudgetCommand.model_validate_json(value)
             except ValidationError as exc:
-                self._dead_letter(Rejected(value, "validate", "invalid_command", field_errors(exc)), source)
+                self._dead_letter(outputs, Rejected(value, "validate", "invalid_command", field_errors(exc)), source)
             else:
                 record = encode_command(f"c{message.partition}", message.offset, command.model_dump_json().encode())
-                self.scope_topic.send_soon(
-                    key=command.scope_key.encode(), value=record, partition=self._owner(command.scope_key)
-                )
+                owner = self._owner(command.scope_key)
+                outputs.add(self.scope_topic.get_topic_name(), owner, command.scope_key.encode(), record)
+            await outputs.send()
             yield None
 
     # -- hop 3: fold into budget snapshots -------------------------------------------
@@ -349,6 +356,7 @@ class LedgerWorker:
     async def _fold_scopes(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
         settings = self.settings
         async for values in stream.take(settings.worker_batch_messages_max, settings.worker_batch_within_s):
+            outputs = self._outputs()
             inputs: dict[str, list[ScopeInput]] = {}
             for value in values:
                 record = decode_scope_record(value)
@@ -365,9 +373,9 @@ class LedgerWorker:
                 before = self._snapshot(scope)
                 after, alerts = fold_inputs(before, scope_inputs)
                 if after is not before:
-                    self._store(scope, after, before)
-                for alert in alerts:
-                    self.alerts_topic.send_soon(key=scope.encode(), value=alert.model_dump_json().encode())
+                    self._store(outputs, scope, after, before)
+                self._send_alerts(outputs, scope, alerts)
+            await outputs.send()
             yield None
 
     def _snapshot(self, scope: str) -> BudgetSnapshot:
@@ -378,9 +386,10 @@ class LedgerWorker:
             self._snapshots[scope] = snapshot
         return snapshot
 
-    def _store(self, scope: str, snapshot: BudgetSnapshot, before: BudgetSnapshot) -> None:
+    def _store(self, outputs: StepOutputs, scope: str, snapshot: BudgetSnapshot, before: BudgetSnapshot) -> None:
         self._snapshots[scope] = snapshot
-        self.budget_table[scope.encode()] = snapshot.model_dump_json().encode()
+        value = snapshot.model_dump_json().encode()
+        self._write_table(outputs, self.budget_table, self._owner(scope), scope.encode(), value)
         ends = next_window_end(snapshot)
         if ends is not None and ends != next_window_end(before):
             heapq.heappush(self._window_ends, (ends, scope))
@@ -391,6 +400,7 @@ class LedgerWorker:
             self._rescan_windows = False
             self._scan_window_ends()
         now = datetime.now(UTC)
+        outputs = self._outputs()
         while self._window_ends and self._window_ends[0][0] <= now:
             _, scope = heapq.heappop(self._window_ends)
             before = self._snapshots.get(scope)
@@ -398,11 +408,12 @@ class LedgerWorker:
                 continue
             after, alerts = fold_tick(before, now)
             if after is not before:
-                self._store(scope, after, before)
-                for alert in alerts:
-                    self.alerts_topic.send_soon(key=scope.encode(), value=alert.model_dump_json().encode())
+                self._store(outputs, scope, after, before)
+                self._send_alerts(outputs, scope, alerts)
         while self.prices.rejected:
-            self._send_dead_letter(self.prices.rejected.pop(0), None)
+            letter = self.prices.rejected.pop(0)
+            outputs.add(self.dead_letter_topic.get_topic_name(), 0, None, letter.model_dump_json().encode())
+        await outputs.send()
 
     def _scan_window_ends(self) -> None:
         """After an assignment: load every owned scope whose windows end, for the timer."""
@@ -418,14 +429,34 @@ class LedgerWorker:
 
     # -- dead letters ----------------------------------------------------------------
 
-    def _dead_letter(self, rejected: Rejected, source: Source) -> None:
+    def _dead_letter(self, outputs: StepOutputs, rejected: Rejected, source: Source) -> None:
         record = dead_letter(
             rejected, topic=source.topic, key=source.key, partition=source.partition, offset=source.offset
         )
-        self._send_dead_letter(record, source.key)
+        partition = partition_of(source.key or b"", self.partitions)
+        outputs.add(self.dead_letter_topic.get_topic_name(), partition, source.key, record.model_dump_json().encode())
 
-    def _send_dead_letter(self, record: DeadLetter, key: bytes | None) -> None:
-        self.dead_letter_topic.send_soon(key=key, value=record.model_dump_json().encode())
+    # -- outputs ---------------------------------------------------------------------
+
+    def _outputs(self) -> StepOutputs:
+        return StepOutputs(self.app.producer._ensure_producer)  # type: ignore[attr-defined]  # the aiokafka driver
+
+    def _send_alerts(self, outputs: StepOutputs, scope: str, alerts: Alerts) -> None:
+        topic, partition = self.alerts_topic.get_topic_name(), self._owner(scope)
+        for alert in alerts:
+            outputs.add(topic, partition, scope.encode(), alert.model_dump_json().encode())
+
+    @staticmethod
+    def _write_table(
+        outputs: StepOutputs, table: TableT[bytes, bytes], partition: int, key: bytes, value: bytes | None
+    ) -> None:
+        """Set (or with None, delete) a table key: the local store, and its changelog record
+        in this step's outputs (see streams.outputs for why not ``table[key] = value``)."""
+        if value is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = value
+        outputs.add(table.changelog_topic.get_topic_name(), partition, key, value)
 
 
 class _RoutedGroup:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 ScopeKind = Literal["global", "user", "team", "key", "end_user", "tag"]
 SCOPE_KINDS: tuple[str, ...] = get_args(ScopeKind)
 GLOBAL_SCOPE = "global:*"
 SCOPE_ID_MAX_CHARS = 256
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidScope(ValueError):
@@ -42,5 +44,5 @@ def check_scope_id(scope_id: str) -> None:
         raise InvalidScope(f"scope id longer than {SCOPE_ID_MAX_CHARS} characters")
     if scope_id != scope_id.strip():
         raise InvalidScope("scope id has leading or trailing white space")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in scope_id):
+    if _CONTROL_CHARACTER.search(scope_id):
         raise InvalidScope("scope id contains a control character")
