@@ -266,12 +266,15 @@ async def run(args: argparse.Namespace, settings: Settings, worker: ChildProcess
     watcher = Watcher(settings)
     await watcher.start()
     try:
+        # Warm up: the clock starts once the worker has joined its group and charged an event.
+        await publish(settings, names.usage, list(usage_messages(synthetic_events(1, seed=0, id_prefix="warm-up"))))
+        await watcher.wait(1, 0)
         batched = synthetic_events(args.events, seed=1, id_prefix="b")
         messages, malformed = with_duplicates_and_garbage(batched, seed=1, batch_events=1_000)
         started = time.perf_counter()
         await publish(settings, names.usage, messages)
         published_s = time.perf_counter() - started
-        await watcher.wait(len(batched), malformed)
+        await watcher.wait(1 + len(batched), malformed)
         events_per_s = len(batched) / (time.perf_counter() - started)
         raw_per_s = await raw_consume_events_per_s(settings, names.usage, len(messages))
         summary = f"batched: {events_per_s:,.0f} events/s (published in {published_s:.1f} s); raw {raw_per_s:,.0f}/s"
@@ -281,7 +284,7 @@ async def run(args: argparse.Namespace, settings: Settings, worker: ChildProcess
         single_messages, single_malformed = with_duplicates_and_garbage(singles, seed=2, batch_events=1)
         started = time.perf_counter()
         await publish(settings, names.usage, single_messages)
-        await watcher.wait(len(batched) + len(singles), malformed + single_malformed)
+        await watcher.wait(1 + len(batched) + len(singles), malformed + single_malformed)
         single_per_s = len(singles) / (time.perf_counter() - started)
         print(f"single-event messages: {single_per_s:,.0f} events/s", flush=True)
 

@@ -46,7 +46,9 @@ from ledger.kafka import end_offsets
 from ledger.settings import Settings
 from ledger.topics import internal_topic_names, topic_names
 from streams.codec import (
+    ChargeRow,
     Source,
+    charge_row,
     decode_routed,
     decode_scope_record,
     encode_charges,
@@ -268,7 +270,7 @@ class LedgerWorker:
 
         book = self.prices.book
         entries: list[LedgerEntry] = []
-        charges: dict[int, list[tuple[str, Charge]]] = {}
+        charges: dict[int, list[ChargeRow]] = {}
         for usage, source, body in fresh:
             try:
                 entry = price_event(
@@ -283,8 +285,12 @@ class LedgerWorker:
                 continue
             entries.append(entry)
             charge = Charge(entry.entry_id, entry.occurred_at, entry.model, entry.cost_nanos)
+            occurred_at_iso = entry.occurred_at.isoformat()
+            scopes_by_owner: dict[int, list[str]] = {}
             for scope in entry.scope_keys:
-                charges.setdefault(self._owner(scope), []).append((scope, charge))
+                scopes_by_owner.setdefault(self._owner(scope), []).append(scope)
+            for owner, scopes in scopes_by_owner.items():
+                charges.setdefault(owner, []).append(charge_row(charge, occurred_at_iso, scopes))
 
         accepted = [usage.event_id for usage, _, _ in fresh]
         if dedup.record(offset, accepted, time.time()):
@@ -381,7 +387,7 @@ class LedgerWorker:
     def _snapshot(self, scope: str) -> BudgetSnapshot:
         snapshot = self._snapshots.get(scope)
         if snapshot is None:
-            stored = self.budget_table.get(scope.encode())
+            stored = self.budget_table.data.get(scope.encode())  # the store itself: no default machinery
             snapshot = empty_snapshot(scope) if stored is None else BudgetSnapshot.model_validate_json(stored)
             self._snapshots[scope] = snapshot
         return snapshot

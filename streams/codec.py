@@ -73,13 +73,18 @@ def decode_routed(value: bytes) -> tuple[list[Source], list[tuple[int, bytes]]]:
     return sources, events
 
 
-def encode_charges(source: str, offset: int, charges: list[tuple[str, Charge]]) -> bytes:
-    """A ``scope-charges`` record of priced usage: (scope key, charge) pairs, all from the
-    message at ``offset`` of ``source``."""
-    rows = [
-        [scope, charge.entry_id, charge.occurred_at.isoformat(), charge.model, charge.cost_nanos]
-        for scope, charge in charges
-    ]
+ChargeRow = tuple[str, str, str, int, list[str]]  # entry_id, occurred_at (ISO), model, cost_nanos, scope keys
+
+
+def charge_row(charge: Charge, occurred_at_iso: str, scopes: list[str]) -> ChargeRow:
+    """One charge in a ``scope-charges`` record, with the scope keys it applies to there."""
+    return (charge.entry_id, occurred_at_iso, charge.model, charge.cost_nanos, scopes)
+
+
+def encode_charges(source: str, offset: int, rows: list[ChargeRow]) -> bytes:
+    """A ``scope-charges`` record of priced usage, all from the message at ``offset`` of
+    ``source``: each charge once, with the scope keys (owned by the receiving partition)
+    it applies to."""
     return orjson.dumps({"source": source, "offset": offset, "charges": rows})
 
 
@@ -111,6 +116,8 @@ def decode_scope_record(value: bytes) -> ScopeRecord:
     record = orjson.loads(value)
     by_scope: dict[str, list[Charge]] = {}
     parse_time = datetime.fromisoformat
-    for scope, entry_id, occurred_at, model, cost_nanos in record.get("charges", ()):
-        by_scope.setdefault(scope, []).append(Charge(entry_id, parse_time(occurred_at), model, cost_nanos))
+    for entry_id, occurred_at, model, cost_nanos, scopes in record.get("charges", ()):
+        charge = Charge(entry_id, parse_time(occurred_at), model, cost_nanos)
+        for scope in scopes:
+            by_scope.setdefault(scope, []).append(charge)
     return ScopeRecord(record["source"], record["offset"], by_scope, record.get("command"))

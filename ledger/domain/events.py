@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from ledger.domain.errors import InvalidUsage
-from ledger.domain.scopes import GLOBAL_SCOPE, check_scope_id, scope_key
+from ledger.domain.scopes import GLOBAL_SCOPE, check_scope_id
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -129,6 +129,7 @@ class UsageEvent(BaseModel):
     def scope_keys(self) -> tuple[str, ...]:
         """Every scope this event is charged to: global first, then user, team, key,
         end user and each tag."""
+        # The ids were checked as Identifiers when the event was validated.
         keys = [GLOBAL_SCOPE]
         for kind, value in (
             ("user", self.user_id),
@@ -137,8 +138,8 @@ class UsageEvent(BaseModel):
             ("end_user", self.end_user),
         ):
             if value is not None:
-                keys.append(scope_key(kind, value))
-        keys.extend(scope_key("tag", tag) for tag in self.tags)
+                keys.append(f"{kind}:{value}")
+        keys.extend(f"tag:{tag}" for tag in self.tags)
         return tuple(keys)
 
 

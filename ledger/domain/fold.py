@@ -28,6 +28,7 @@ from ledger.domain.budgets import (
     alert_message,
 )
 from ledger.domain.pricing import LedgerEntry
+from ledger.domain.scopes import parse_scope_key
 from ledger.domain.windows import parse_duration, window_containing
 
 Alerts = tuple[BudgetAlert, ...]
@@ -58,7 +59,8 @@ class Charge:
 
 def new_state(scope_key: str, alias: str | None = None) -> BudgetState:
     """The state of a scope nothing has happened to yet."""
-    return BudgetState(scope_key=scope_key, alias=alias)
+    parse_scope_key(scope_key)
+    return BudgetState.model_construct(scope_key=scope_key, alias=alias)
 
 
 def apply(state: BudgetState, entry: LedgerEntry) -> tuple[BudgetState, Alerts]:
@@ -72,6 +74,8 @@ def apply_batch(state: BudgetState, entries: Iterable[Chargeable]) -> tuple[Budg
     """Charge entries to one scope in the order given; the same as calling ``apply`` on
     each in turn, but the state is built once (the worker's hot path). The caller has
     checked that every entry charges this scope."""
+    if not state.limits:
+        return _charge_totals(state, entries), ()
     work = _Work.of(state)
     for entry in entries:
         work.total_spend_nanos += entry.cost_nanos
@@ -91,6 +95,20 @@ def apply_batch(state: BudgetState, entries: Iterable[Chargeable]) -> tuple[Budg
                 work.alert(limit, "recovered", limit.spec.max_budget_nanos or 0, entry.occurred_at, entry.entry_id)
             work.check_crossings(limit, entry.occurred_at, entry.entry_id)
     return work.build(), tuple(work.alerts)
+
+
+def _charge_totals(state: BudgetState, entries: Iterable[Chargeable]) -> BudgetState:
+    """``apply_batch`` for a scope with no limits: only its totals change (most scopes,
+    users and end users without budgets, take this path)."""
+    total, count, last = state.total_spend_nanos, state.entry_count, state.last_occurred_at
+    for entry in entries:
+        total += entry.cost_nanos
+        count += 1
+        if last is None or entry.occurred_at > last:
+            last = entry.occurred_at
+    return BudgetState.model_construct(
+        scope_key=state.scope_key, alias=state.alias, total_spend_nanos=total, entry_count=count, last_occurred_at=last
+    )
 
 
 def apply_command(state: BudgetState, command: BudgetCommand) -> tuple[BudgetState, Alerts]:

@@ -79,6 +79,8 @@ def allocate_rounded(parts: list[int], denominator: int) -> list[int]:
     total = round_half_even_div(sum(parts), denominator)
     floors = [part // denominator for part in parts]
     shortfall = total - sum(floors)
+    if shortfall == 0:
+        return floors
     order = sorted(range(len(parts)), key=lambda i: (-(parts[i] % denominator), i))
     # 0 <= shortfall <= len(parts): each part loses less than one unit to its floor.
     assert 0 <= shortfall <= len(parts), "rounded total outside the floors' reach"

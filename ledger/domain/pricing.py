@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
@@ -184,7 +184,7 @@ def cost_breakdown(rates: TokenRates, usage: TokenUsage) -> CostBreakdown:
         r.request_units or 0,
     ]
     nanos = allocate_rounded(parts, _UNITS_PER_NANO)
-    return CostBreakdown(
+    return CostBreakdown.model_construct(
         input_nanos=nanos[0],
         cache_read_nanos=nanos[1],
         cache_write_nanos=nanos[2],
@@ -225,7 +225,7 @@ def price_event(
     ``InvalidUsage`` when there is nothing to price.
     """
     usage, estimated = estimate_usage(event, count_tokens)
-    common = dict(
+    common: dict[str, Any] = dict(
         entry_id=event.event_id,
         event_id=event.event_id,
         occurred_at=event.occurred_at,
@@ -247,7 +247,9 @@ def price_event(
     if not rates.is_priced:
         raise UnpricedModel(event.model, event.provider, book.version)
     breakdown = cost_breakdown(rates, usage)
-    return LedgerEntry(
+    # Built from validated parts, so the model's checks hold by construction (a cost from
+    # non-negative rates is >= 0 and is its breakdown's sum); not re-validated on the hot path.
+    return LedgerEntry.model_construct(
         cost_nanos=breakdown.total_nanos,
         breakdown=breakdown,
         cost_source="price_book",

@@ -14,7 +14,15 @@ from ledger.domain.dedup import DedupIndex
 from ledger.domain.fold import Charge
 from ledger.domain.snapshots import ScopeInput, empty_snapshot, fold_inputs, fold_tick, next_window_end
 from ledger.publishing import usage_messages
-from streams.codec import Source, decode_routed, decode_scope_record, encode_charges, encode_routed, partition_of
+from streams.codec import (
+    Source,
+    charge_row,
+    decode_routed,
+    decode_scope_record,
+    encode_charges,
+    encode_routed,
+    partition_of,
+)
 
 T0 = datetime(2026, 11, 25, 10, tzinfo=UTC)
 
@@ -98,7 +106,10 @@ def test_routed_records_keep_each_event_and_its_source_byte_for_byte() -> None:
 
 
 def test_charge_records_group_by_scope() -> None:
-    rows = [("team:a", charge("e1", 5)), ("user:u", charge("e1", 5)), ("team:a", charge("e2", 6))]
+    rows = [
+        charge_row(charge("e1", 5), T0.isoformat(), ["team:a", "user:u"]),
+        charge_row(charge("e2", 6), T0.isoformat(), ["team:a"]),
+    ]
     record = decode_scope_record(encode_charges("u2", 40, rows))
     assert (record.source, record.offset, record.command) == ("u2", 40, None)
     assert record.charges == {"team:a": [charge("e1", 5), charge("e2", 6)], "user:u": [charge("e1", 5)]}
