@@ -23,16 +23,23 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
         "security_protocol": settings.kafka_security_protocol,
     }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context(
-            cafile=None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile)
-        )
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
     if settings.kafka_sasl_mechanism is not None:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
         password = settings.kafka_sasl_password
         options["sasl_plain_password"] = None if password is None else password.get_secret_value()
     return options
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for SSL and SASL_SSL, trusting ``kafka_ssl_cafile`` if given."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    cafile = None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile)
+    return ssl.create_default_context(cafile=cafile)
 
 
 def wanted_topics(settings: Settings) -> list[NewTopic]:

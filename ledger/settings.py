@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # keep it short; production on Apache Kafka may raise it (Faust's default is 60 s).
     kafka_session_timeout_s: float = Field(default=6.0, gt=0.5, le=300)
     kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0.05, le=60)
+    # The embedded broker holds a waiting fetch for its whole wait, even when data arrives.
+    kafka_fetch_max_wait_ms: int = Field(default=25, ge=5, le=10_000)
 
     dedup_horizon_s: int = Field(default=7 * 86_400, ge=60, le=400 * 86_400)
     trust_reported_cost: bool = False

@@ -29,7 +29,6 @@ from typing import Any
 import faust
 import faust.transport.drivers.aiokafka
 import orjson
-from aiokafka import TopicPartition
 from faust.types import EventT, StreamT, TableT
 from pydantic import ValidationError
 
@@ -42,7 +41,6 @@ from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch, price_event
 from ledger.domain.snapshots import BudgetSnapshot, ScopeInput, empty_snapshot, fold_inputs, fold_tick, next_window_end
 from ledger.domain.wire import Rejected, dead_letter, field_errors, split_usage_message, validate_usage
-from ledger.kafka import end_offsets
 from ledger.settings import Settings
 from ledger.topics import internal_topic_names, topic_names
 from streams.codec import (
@@ -54,9 +52,9 @@ from streams.codec import (
     encode_charges,
     encode_command,
     encode_routed,
-    faust_partitioner,
     partition_of,
 )
+from streams.faust_kafka import adapt_faust_consumer, faust_broker_urls, faust_credentials
 from streams.outputs import StepOutputs
 from streams.prices import PriceFollower
 
@@ -67,50 +65,11 @@ DEDUP_EXPIRY_EVERY_S = 60.0
 SCOPE_PARTITION_CACHE_MAX = 1_000_000
 
 
-def faust_broker_urls(bootstrap_servers: str) -> str:
-    """``host:9092,host2:9092`` as Faust's ``kafka://host:9092;kafka://host2:9092``."""
-    return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip())
-
-
-def faust_credentials(settings: Settings) -> Any:
-    """SASL/TLS credentials for Faust, or None for plaintext."""
-    import ssl
-
-    context = None
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        cafile = None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile)
-        context = ssl.create_default_context(cafile=cafile)
-    if settings.kafka_sasl_mechanism is not None:
-        password = settings.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=None if password is None else password.get_secret_value(),
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    return None if context is None else faust.SSLCredentials(context)
-
-
-def use_fetched_end_offsets(settings: Settings) -> None:
-    """Make Faust find a changelog's end with ``ledger.kafka.end_offsets`` (see there why:
-    without it, a restarted worker restored only the first batch of each changelog)."""
-    thread_class = faust.transport.drivers.aiokafka.AIOKafkaConsumerThread
-
-    async def _highwaters(self: Any, partitions: list[Any]) -> Any:
-        if self.consumer.in_transaction:
-            consumer = self._ensure_consumer()
-            return {tp: consumer.last_stable_offset(tp) for tp in partitions}
-        ends = await end_offsets(settings, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
-        return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
-
-    thread_class._highwaters = _highwaters  # type: ignore[method-assign]
-
-
 class LedgerWorker:
     """The worker's app, topics, tables and in-memory indexes, built from settings."""
 
     def __init__(self, settings: Settings, default_book: Callable[[], PriceBook], count_tokens: Callable[[str], int]):
-        use_fetched_end_offsets(settings)
+        adapt_faust_consumer(settings)
         self.settings = settings
         self.partitions = settings.topic_partitions
         self.count_tokens = count_tokens
@@ -126,7 +85,6 @@ class LedgerWorker:
             topic_partitions=self.partitions,
             broker_session_timeout=settings.kafka_session_timeout_s,
             broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
-            producer_partitioner=faust_partitioner,
             producer_max_request_size=16 * 1024 * 1024,
             producer_linger_ms=2,
             producer_max_batch_size=1024 * 1024,
@@ -150,21 +108,14 @@ class LedgerWorker:
         self.dead_letter_topic = raw_topic(names.dead_letter)
         budget_state = raw_topic(names.budget_state, partitions=self.partitions, compacting=True, deleting=False)
 
-        # The dedup log is written while iterating its own partition's messages, one record
-        # per input message (key "partition:offset"), so Faust's default table partitioning
-        # (the current message's partition) is the one we want.
+        # Both tables are written by _write_table, not table[key] = value: once per step for
+        # every changed key, by the window timer outside any stream iteration too, each
+        # record to the partition that owns its key. The dedup log (one record per input
+        # message, key "partition:offset") lives in its input's partition; a budget snapshot
+        # in partition_of(scope key), where every hop routes that scope's input.
         self.dedup_table = self.app.Table("dedup", key_type=bytes, value_type=bytes, partitions=self.partitions)
-        # Budget snapshots are written once per step for every scope that changed, and by
-        # the window timer outside any stream iteration: so the table is written through
-        # the partitioner (use_partitioner=True), and every hop routes scope keys with the
-        # same function (streams.codec.partition_of, installed as the producer's partitioner).
         self.budget_table = self.app.Table(
-            "budget",
-            key_type=bytes,
-            value_type=bytes,
-            partitions=self.partitions,
-            changelog_topic=budget_state,
-            use_partitioner=True,
+            "budget", key_type=bytes, value_type=bytes, partitions=self.partitions, changelog_topic=budget_state
         )
 
         self.prices = PriceFollower(settings, names.prices, default_book)

@@ -23,16 +23,9 @@ _FRAME = struct.Struct(">II")  # (source index, length) before each routed event
 
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition that owns ``key``. CRC-32, not Kafka's murmur2: the pure-Python
-    murmur2 costs about 9 us a key, CRC-32 0.2 us, and every hop (and the worker's
-    producer, for table writes) uses this one function, so they agree."""
+    murmur2 costs about 9 us a key, CRC-32 0.2 us; every hop and every table write of
+    the worker uses this one function, so they agree."""
     return zlib.crc32(key) % partitions
-
-
-def faust_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-    """``partition_of`` in the shape aiokafka's producer expects."""
-    if key is None:
-        return all_partitions[0]
-    return all_partitions[partition_of(key, len(all_partitions))]
 
 
 @dataclass(frozen=True, slots=True)

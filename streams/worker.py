@@ -49,10 +49,13 @@ def run_worker(settings: Settings) -> None:
 
 
 class _BoundedWorker(faust.Worker):
-    """Faust's worker, with an exit timer armed by the first stop signal."""
+    """Faust's worker, with an exit timer armed by the first stop signal and no spinner."""
 
     def __init__(self, *args: Any, shutdown_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Faust's terminal spinner sets the root logger to DEBUG to spin on every record, so
+        # every debug call in aiokafka built a log record on the hot path (measured).
+        self.spinner = None
         self._shutdown_timeout_s = shutdown_timeout_s
         self._exit_timer: threading.Timer | None = None
 

@@ -95,6 +95,7 @@ class Ledger:
                 bootstrap_servers=self.settings.kafka_bootstrap_servers,
                 group_id=None,
                 auto_offset_reset="earliest",
+                fetch_max_wait_ms=100,
             )
             await consumer.start()
             records: list[Any] = []

@@ -32,3 +32,31 @@ def test_prefixed_variables_override_and_bad_values_are_refused(monkeypatch):
     monkeypatch.setenv("SPEND_LEDGER_TOPIC_PARTITIONS", "0")
     with pytest.raises(ValidationError, match="topic_partitions"):
         load_settings()
+
+
+def test_sasl_ssl_settings_reach_every_kafka_client() -> None:
+    import ssl
+
+    import faust
+
+    from ledger.kafka import client_options
+    from ledger.settings import Settings
+    from streams.faust_kafka import faust_broker_urls, faust_credentials
+
+    settings = Settings(
+        kafka_bootstrap_servers="k1:9093,k2:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="ledger",
+        kafka_sasl_password="s3cret",
+    )
+    options = client_options(settings)
+    assert options["bootstrap_servers"] == ["k1:9093", "k2:9093"]
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_password"] == "s3cret"
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    credentials = faust_credentials(settings)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.username == "ledger"
+    assert faust_broker_urls(settings.kafka_bootstrap_servers) == "kafka://k1:9093;kafka://k2:9093"
+    assert faust_credentials(Settings()) is None
