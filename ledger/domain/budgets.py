@@ -7,7 +7,7 @@ $100, each with its own windows; a limit may count one model only (LiteLLM's
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, cast
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
@@ -202,3 +202,13 @@ def alert_message(kind: AlertKind, spend_nanos: int, spec: BudgetSpec) -> str:
     if kind == "recovered":
         return f"Budget recovered. Current cost: {cost}, Max budget: {max_text}"
     return f"Budget window reset. Spend in the closed window: {cost}, Max budget: {max_text}"
+
+
+def all_fields(model: type[BaseModel]) -> set[str]:
+    """One shared, read-only "every field was set" for ``model_construct(_fields_set=...)``.
+
+    The fold builds a new frozen state per scope per step, and pydantic would otherwise
+    give each its own set of field names: about 700 of the 1,900 bytes a scope took in
+    the worker's memory (measured). Frozen models never add to it.
+    """
+    return cast(set[str], frozenset(model.model_fields))

@@ -26,12 +26,15 @@ from ledger.domain.budgets import (
     BudgetState,
     LimitState,
     alert_message,
+    all_fields,
 )
 from ledger.domain.pricing import LedgerEntry
 from ledger.domain.scopes import parse_scope_key
 from ledger.domain.windows import parse_duration, window_containing
 
 Alerts = tuple[BudgetAlert, ...]
+_STATE_FIELDS = all_fields(BudgetState)
+_LIMIT_FIELDS = all_fields(LimitState)
 
 
 class Chargeable(Protocol):
@@ -60,7 +63,7 @@ class Charge:
 def new_state(scope_key: str, alias: str | None = None) -> BudgetState:
     """The state of a scope nothing has happened to yet."""
     parse_scope_key(scope_key)
-    return BudgetState.model_construct(scope_key=scope_key, alias=alias)
+    return BudgetState.model_construct(_STATE_FIELDS, scope_key=scope_key, alias=alias)
 
 
 def apply(state: BudgetState, entry: LedgerEntry) -> tuple[BudgetState, Alerts]:
@@ -107,7 +110,12 @@ def _charge_totals(state: BudgetState, entries: Iterable[Chargeable]) -> BudgetS
         if last is None or entry.occurred_at > last:
             last = entry.occurred_at
     return BudgetState.model_construct(
-        scope_key=state.scope_key, alias=state.alias, total_spend_nanos=total, entry_count=count, last_occurred_at=last
+        _STATE_FIELDS,
+        scope_key=state.scope_key,
+        alias=state.alias,
+        total_spend_nanos=total,
+        entry_count=count,
+        last_occurred_at=last,
     )
 
 
@@ -194,6 +202,7 @@ class _WorkLimit:
 
     def build(self) -> LimitState:
         return LimitState.model_construct(
+            _LIMIT_FIELDS,
             spec=self.spec,
             anchor=self.anchor,
             window_start=self.window_start,
@@ -234,6 +243,7 @@ class _Work:
 
     def build(self) -> BudgetState:
         return BudgetState.model_construct(
+            _STATE_FIELDS,
             scope_key=self.scope_key,
             alias=self.alias,
             limits=tuple(limit.build() for limit in self.limits),

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ledger.domain.budgets import BudgetAlert, BudgetCommand, BudgetState
+from ledger.domain.budgets import BudgetAlert, BudgetCommand, BudgetState, all_fields
 from ledger.domain.events import FROZEN, SCHEMA_VERSION
 from ledger.domain.fold import Alerts, Charge, advance, apply_batch, apply_command, new_state
 
@@ -36,6 +36,9 @@ class BudgetSnapshot(BaseModel):
     applied: dict[str, int] = Field(default_factory=dict, max_length=SOURCES_PER_SCOPE_MAX)
 
 
+_SNAPSHOT_FIELDS = all_fields(BudgetSnapshot)
+
+
 @dataclass(frozen=True, slots=True)
 class ScopeInput:
     """Input for one scope from one source message: charges, or one budget command."""
@@ -48,7 +51,9 @@ class ScopeInput:
 
 def empty_snapshot(scope_key: str) -> BudgetSnapshot:
     """The snapshot of a scope nothing has happened to yet."""
-    return BudgetSnapshot.model_construct(schema_version=SCHEMA_VERSION, state=new_state(scope_key), applied={})
+    return BudgetSnapshot.model_construct(
+        _SNAPSHOT_FIELDS, schema_version=SCHEMA_VERSION, state=new_state(scope_key), applied={}
+    )
 
 
 def fold_inputs(snapshot: BudgetSnapshot, inputs: Iterable[ScopeInput]) -> tuple[BudgetSnapshot, Alerts]:
@@ -76,7 +81,9 @@ def fold_inputs(snapshot: BudgetSnapshot, inputs: Iterable[ScopeInput]) -> tuple
         alerts.extend(charged)
     if state is snapshot.state and applied == snapshot.applied:
         return snapshot, ()
-    return BudgetSnapshot.model_construct(schema_version=SCHEMA_VERSION, state=state, applied=applied), tuple(alerts)
+    return BudgetSnapshot.model_construct(
+        _SNAPSHOT_FIELDS, schema_version=SCHEMA_VERSION, state=state, applied=applied
+    ), tuple(alerts)
 
 
 def fold_tick(snapshot: BudgetSnapshot, now: datetime) -> tuple[BudgetSnapshot, Alerts]:
@@ -84,7 +91,13 @@ def fold_tick(snapshot: BudgetSnapshot, now: datetime) -> tuple[BudgetSnapshot, 
     state, alerts = advance(snapshot.state, now)
     if state is snapshot.state:
         return snapshot, ()
-    return BudgetSnapshot.model_construct(schema_version=SCHEMA_VERSION, state=state, applied=snapshot.applied), alerts
+    return BudgetSnapshot.model_construct(
+        _SNAPSHOT_FIELDS, schema_version=SCHEMA_VERSION, state=state, applied=snapshot.applied
+    ), alerts
+
+
+def _built(state: BudgetState, applied: dict[str, int]) -> BudgetSnapshot:
+    return BudgetSnapshot.model_construct(_SNAPSHOT_FIELDS, schema_version=SCHEMA_VERSION, state=state, applied=applied)
 
 
 def next_window_end(snapshot: BudgetSnapshot) -> datetime | None:
