@@ -19,6 +19,7 @@ and each snapshot records the last input offset per source (``ledger.domain.snap
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -54,13 +55,15 @@ from streams.codec import (
     encode_routed,
     partition_of,
 )
-from streams.faust_kafka import adapt_faust_consumer, faust_broker_urls, faust_credentials
+from streams.faust_kafka import CommitGuard, adapt_faust_consumer, faust_broker_urls, faust_credentials
+from streams.gaps import GapFiller
 from streams.outputs import StepOutputs
 from streams.prices import PriceFollower
 
 log = logging.getLogger(__name__)
 
-ROUTED_BYTES_MAX = 900_000  # under Kafka's default 1 MB message limit
+ROUTED_BYTES_MAX = 900_000
+TAIL_CHECK_EVERY_S = 2.0  # under Kafka's default 1 MB message limit
 DEDUP_EXPIRY_EVERY_S = 60.0
 
 
@@ -69,11 +72,16 @@ class LedgerWorker:
 
     def __init__(self, settings: Settings, default_book: Callable[[], PriceBook], count_tokens: Callable[[str], int]):
         adapt_faust_consumer(settings)
+        names = topic_names(settings.topic_prefix)
+        internal = internal_topic_names(settings.topic_prefix)
+        self.commit_guard = CommitGuard({names.usage, names.budget_commands, *internal.all()})
+        self.commit_guard.install()
+        self.gaps = GapFiller(settings, group_id=f"{settings.topic_prefix}worker")
+        self._step_of: dict[str, Callable[[list[Any], StepOutputs], None]] = {}
+        self._step_locks: dict[str, asyncio.Lock] = {}
         self.settings = settings
         self.partitions = settings.topic_partitions
         self.count_tokens = count_tokens
-        names = topic_names(settings.topic_prefix)
-        internal = internal_topic_names(settings.topic_prefix)
         self.names = names
         self.app = faust.App(
             f"{settings.topic_prefix}worker",
@@ -129,6 +137,7 @@ class LedgerWorker:
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.task(self._follow_prices)
         self.app.timer(settings.window_tick_s)(self._tick)
+        self.app.timer(TAIL_CHECK_EVERY_S)(self._fill_tails)
         self.app.agent(self.usage_topic, name="route-usage")(self._route_usage)
         self.app.agent(self.commands_topic, name="route-commands")(self._route_commands)
         self.app.agent(self.routed_topic, name="price-usage")(self._price_usage)
@@ -137,6 +146,8 @@ class LedgerWorker:
     # -- rebalancing: in-memory indexes follow the partitions this worker owns --------
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.commit_guard.reset()
+        self.gaps.reset()
         self._dedup.clear()
         self._snapshots.clear()
         self._window_ends.clear()
@@ -152,36 +163,74 @@ class LedgerWorker:
 
     # -- hop 1: decode and route by event_id -----------------------------------------
 
-    async def _route_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
+    async def _steps(
+        self, stream: StreamT[bytes], step: Callable[[list[EventT[bytes]], StepOutputs], None]
+    ) -> AsyncIterator[None]:
+        """Run ``step`` on each batch of messages, send its outputs, then ack the batch.
+
+        ``noack_take``, not ``take``: ``take`` acks its batch when the generator closes, so
+        a worker stopped (SIGTERM) in the middle of a step committed input whose outputs
+        were never sent (a test lost an event that way). Here an unfinished step is not
+        acked, and its input is read again.
+        """
         settings = self.settings
-        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
+        topic = stream.channel.get_topic_name()  # type: ignore[attr-defined]  # a topic's stream
+        self._step_of[topic] = step
+        batches = stream.noack_take(  # type: ignore[attr-defined]  # missing from StreamT
             settings.worker_batch_messages_max, settings.worker_batch_within_s
         )
         async for events in batches:
-            outputs = self._outputs()
-            groups: dict[int, _RoutedGroup] = {}
+            await self._run_step(topic, list(events))
             for event in events:
-                message = event.message
-                source = Source(message.topic, message.partition, message.offset, message.key)
-                value = message.value if isinstance(message.value, bytes) else b""
-                raw_events, rejected = split_usage_message(value)
-                for refused in rejected:
-                    self._dead_letter(outputs, refused, source)
-                for raw_event in raw_events:
-                    body = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
-                    event_id = raw_event.raw.get("event_id")
-                    route_key = event_id.encode() if isinstance(event_id, str) else body
-                    target = partition_of(route_key, self.partitions)
-                    group = groups.get(target)
-                    if group is None or group.size + len(body) > ROUTED_BYTES_MAX:
-                        if group is not None:
-                            self._send_routed(outputs, target, group)
-                        group = groups[target] = _RoutedGroup()
-                    group.add(source, body)
-            for target, group in groups.items():
-                self._send_routed(outputs, target, group)
-            await outputs.send()
+                await stream.ack(event)
             yield None
+
+    async def _run_step(self, topic: str, events: list[Any]) -> None:
+        """Complete the events (no repeats, no gaps), run the topic's step, hand over its
+        outputs; one step at a time per topic, so a partition's outputs keep its order."""
+        async with self._step_locks.setdefault(topic, asyncio.Lock()):
+            complete = await self.gaps.complete(events)
+            if not complete:
+                return
+            outputs = self._outputs()
+            self._step_of[topic](complete, outputs)
+            await outputs.send()
+            for event in complete:
+                self.commit_guard.finished(event.message.topic, event.message.partition, event.message.offset)
+
+    async def _fill_tails(self) -> None:
+        """Process what Faust left undelivered at the end of an idle partition (a gap is
+        only seen when a later message arrives, so the last one needs this check)."""
+        owned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._step_of]
+        for (topic, _), records in (await self.gaps.stalled_tails(owned)).items():
+            await self._run_step(topic, records)
+
+    async def _route_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
+        async for _ in self._steps(stream, self._route_step):
+            yield None
+
+    def _route_step(self, events: list[EventT[bytes]], outputs: StepOutputs) -> None:
+        groups: dict[int, _RoutedGroup] = {}
+        for event in events:
+            message = event.message
+            source = Source(message.topic, message.partition, message.offset, message.key)
+            value = message.value if isinstance(message.value, bytes) else b""
+            raw_events, rejected = split_usage_message(value)
+            for refused in rejected:
+                self._dead_letter(outputs, refused, source)
+            for raw_event in raw_events:
+                body = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
+                event_id = raw_event.raw.get("event_id")
+                route_key = event_id.encode() if isinstance(event_id, str) else body
+                target = partition_of(route_key, self.partitions)
+                group = groups.get(target)
+                if group is None or group.size + len(body) > ROUTED_BYTES_MAX:
+                    if group is not None:
+                        self._send_routed(outputs, target, group)
+                    group = groups[target] = _RoutedGroup()
+                group.add(source, body)
+        for target, group in groups.items():
+            self._send_routed(outputs, target, group)
 
     def _send_routed(self, outputs: StepOutputs, target: int, group: _RoutedGroup) -> None:
         outputs.add(self.routed_topic.get_topic_name(), target, None, encode_routed(group.sources, group.events))
@@ -190,16 +239,12 @@ class LedgerWorker:
 
     async def _price_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
         await self.prices.ready.wait()
-        settings = self.settings
-        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
-            settings.worker_batch_messages_max, settings.worker_batch_within_s
-        )
-        async for events in batches:
-            outputs = self._outputs()
-            for event in events:
-                self._price_message(event, outputs)
-            await outputs.send()
+        async for _ in self._steps(stream, self._price_step):
             yield None
+
+    def _price_step(self, events: list[EventT[bytes]], outputs: StepOutputs) -> None:
+        for event in events:
+            self._price_message(event, outputs)
 
     def _price_message(self, event: EventT[bytes], outputs: StepOutputs) -> None:
         message = event.message
@@ -291,8 +336,11 @@ class LedgerWorker:
     # -- budget commands: validate, route by scope ----------------------------------
 
     async def _route_commands(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            outputs = self._outputs()
+        async for _ in self._steps(stream, self._route_commands_step):
+            yield None
+
+    def _route_commands_step(self, events: list[EventT[bytes]], outputs: StepOutputs) -> None:
+        for event in events:
             message = event.message
             source = Source(message.topic, message.partition, message.offset, message.key)
             value = message.value if isinstance(message.value, bytes) else b""
@@ -300,39 +348,36 @@ class LedgerWorker:
                 command = BudgetCommand.model_validate_json(value)
             except ValidationError as exc:
                 self._dead_letter(outputs, Rejected(value, "validate", "invalid_command", field_errors(exc)), source)
-            else:
-                record = encode_command(f"c{message.partition}", message.offset, command.model_dump_json().encode())
-                owner = self._owner(command.scope_key)
-                outputs.add(self.scope_topic.get_topic_name(), owner, command.scope_key.encode(), record)
-            await outputs.send()
-            yield None
+                continue
+            record = encode_command(f"c{message.partition}", message.offset, command.model_dump_json().encode())
+            owner = self._owner(command.scope_key)
+            outputs.add(self.scope_topic.get_topic_name(), owner, command.scope_key.encode(), record)
 
     # -- hop 3: fold into budget snapshots -------------------------------------------
 
     async def _fold_scopes(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
-        settings = self.settings
-        async for values in stream.take(settings.worker_batch_messages_max, settings.worker_batch_within_s):
-            outputs = self._outputs()
-            inputs: dict[str, list[ScopeInput]] = {}
-            for value in values:
-                record = decode_scope_record(value)
-                if record.command is not None:
-                    command = BudgetCommand.model_validate(record.command)
-                    inputs.setdefault(command.scope_key, []).append(
-                        ScopeInput(record.source, record.offset, command=command)
-                    )
-                for scope, scope_charges in record.charges.items():
-                    inputs.setdefault(scope, []).append(
-                        ScopeInput(record.source, record.offset, charges=tuple(scope_charges))
-                    )
-            for scope, scope_inputs in inputs.items():
-                before = self._snapshot(scope)
-                after, alerts = fold_inputs(before, scope_inputs)
-                if after is not before:
-                    self._store(outputs, scope, after, before)
-                self._send_alerts(outputs, scope, alerts)
-            await outputs.send()
+        async for _ in self._steps(stream, self._fold_step):
             yield None
+
+    def _fold_step(self, events: list[EventT[bytes]], outputs: StepOutputs) -> None:
+        inputs: dict[str, list[ScopeInput]] = {}
+        for event in events:
+            record = decode_scope_record(event.message.value or b"")
+            if record.command is not None:
+                command = BudgetCommand.model_validate(record.command)
+                inputs.setdefault(command.scope_key, []).append(
+                    ScopeInput(record.source, record.offset, command=command)
+                )
+            for scope, scope_charges in record.charges.items():
+                inputs.setdefault(scope, []).append(
+                    ScopeInput(record.source, record.offset, charges=tuple(scope_charges))
+                )
+        for scope, scope_inputs in inputs.items():
+            before = self._snapshot(scope)
+            after, alerts = fold_inputs(before, scope_inputs)
+            if after is not before:
+                self._store(outputs, scope, after, before)
+            self._send_alerts(outputs, scope, alerts)
 
     def _snapshot(self, scope: str) -> BudgetSnapshot:
         snapshot = self._snapshots.get(scope)

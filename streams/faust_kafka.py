@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import faust.transport.consumer
 import faust.transport.drivers.aiokafka
 from aiokafka import TopicPartition
 
@@ -61,3 +62,47 @@ def adapt_faust_consumer(settings: Settings) -> None:
 
     thread_class._highwaters = _highwaters  # type: ignore[method-assign]
     thread_class._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+class CommitGuard:
+    """Commits never run ahead of what our agents have processed.
+
+    Faust acks a message it skips while a worker starts or rebalances (fetched before
+    its flow control resumed, or from an older generation), "so the lag does not grow",
+    and counts on seeking back to the committed offset. A commit that lands in between
+    moves past messages nobody processed: the live tests lost events that way when usage
+    arrived while a restarted worker was joining. The guard clamps each input partition's
+    commit to the offset after the last message a step finished (outputs handed to the
+    producer); it forgets everything on a rebalance, as the consumer seeks back then.
+    """
+
+    def __init__(self, topics: set[str]) -> None:
+        self._topics = topics
+        self._done: dict[tuple[str, int], int] = {}
+
+    def finished(self, topic: str, partition: int, offset: int) -> None:
+        """The message at ``offset`` and every one before it in its partition are done."""
+        key = (topic, partition)
+        if offset + 1 > self._done.get(key, 0):
+            self._done[key] = offset + 1
+
+    def reset(self) -> None:
+        self._done.clear()
+
+    def clamp(self, topic: str, partition: int, offset: int | None) -> int | None:
+        """The offset Faust may commit, given the one it wants to."""
+        if offset is None or topic not in self._topics:
+            return offset
+        done = self._done.get((topic, partition))
+        return None if done is None else min(offset, done)
+
+    def install(self) -> None:
+        """Wrap Faust's choice of the offset to commit for each partition."""
+        consumer_class = faust.transport.consumer.Consumer
+        new_offset = consumer_class._new_offset
+        guard = self
+
+        def _new_offset(consumer: Any, tp: Any) -> int | None:
+            return guard.clamp(tp.topic, tp.partition, new_offset(consumer, tp))
+
+        consumer_class._new_offset = _new_offset  # type: ignore[method-assign,assignment]

@@ -23,6 +23,7 @@ from streams.codec import (
     encode_routed,
     partition_of,
 )
+from streams.faust_kafka import CommitGuard
 
 T0 = datetime(2026, 11, 25, 10, tzinfo=UTC)
 
@@ -129,3 +130,14 @@ def test_our_producers_batch_events_and_send_a_lone_event_plain() -> None:
     assert [event["event_id"] for event in first["events"]] == ["e0", "e1"]
     assert messages[2] == (b"e4", orjson.dumps(events[4]))
     assert next(iter(usage_messages(events[:2], 2)))[0] == messages[0][0]  # same events, same batch id
+
+
+def test_commits_never_run_ahead_of_finished_steps() -> None:
+    guard = CommitGuard({"usage"})
+    assert guard.clamp("usage", 0, 15) is None  # acked by Faust, processed by nobody yet
+    guard.finished("usage", 0, 9)
+    assert guard.clamp("usage", 0, 15) == 10
+    assert guard.clamp("usage", 0, 7) == 7
+    assert guard.clamp("other", 0, 15) == 15  # not an input of ours
+    guard.reset()  # a rebalance: the consumer seeks back to the committed offset
+    assert guard.clamp("usage", 0, 15) is None
