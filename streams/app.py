@@ -62,9 +62,12 @@ from streams.prices import PriceFollower
 
 log = logging.getLogger(__name__)
 
-ROUTED_BYTES_MAX = 900_000
-TAIL_CHECK_EVERY_S = 2.0  # under Kafka's default 1 MB message limit
+ROUTED_BYTES_MAX = 900_000  # under Kafka's default 1 MB message limit
 DEDUP_EXPIRY_EVERY_S = 60.0
+TAIL_CHECK_EVERY_S = 2.0
+# usage and usage-by-event messages are batches of up to ~1 MB (usage up to 8 MiB); a step
+# holds its messages in memory, so these hops take fewer at a time (500 held ~230 MB more).
+BIG_MESSAGES_PER_STEP_MAX = 64
 
 
 class LedgerWorker:
@@ -79,6 +82,7 @@ class LedgerWorker:
         self.gaps = GapFiller(settings, group_id=f"{settings.topic_prefix}worker")
         self._step_of: dict[str, Callable[[list[Any], StepOutputs], None]] = {}
         self._step_locks: dict[str, asyncio.Lock] = {}
+        self._stepped_at: dict[str, float] = {}
         self.settings = settings
         self.partitions = settings.topic_partitions
         self.count_tokens = count_tokens
@@ -164,7 +168,10 @@ class LedgerWorker:
     # -- hop 1: decode and route by event_id -----------------------------------------
 
     async def _steps(
-        self, stream: StreamT[bytes], step: Callable[[list[EventT[bytes]], StepOutputs], None]
+        self,
+        stream: StreamT[bytes],
+        step: Callable[[list[EventT[bytes]], StepOutputs], None],
+        messages_max: int | None = None,
     ) -> AsyncIterator[None]:
         """Run ``step`` on each batch of messages, send its outputs, then ack the batch.
 
@@ -177,7 +184,7 @@ class LedgerWorker:
         topic = stream.channel.get_topic_name()  # type: ignore[attr-defined]  # a topic's stream
         self._step_of[topic] = step
         batches = stream.noack_take(  # type: ignore[attr-defined]  # missing from StreamT
-            settings.worker_batch_messages_max, settings.worker_batch_within_s
+            messages_max or settings.worker_batch_messages_max, settings.worker_batch_within_s
         )
         async for events in batches:
             await self._run_step(topic, list(events))
@@ -197,16 +204,20 @@ class LedgerWorker:
             await outputs.send()
             for event in complete:
                 self.commit_guard.finished(event.message.topic, event.message.partition, event.message.offset)
+            self._stepped_at[topic] = time.monotonic()
 
     async def _fill_tails(self) -> None:
         """Process what Faust left undelivered at the end of an idle partition (a gap is
         only seen when a later message arrives, so the last one needs this check)."""
-        owned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._step_of]
+        # Only topics whose agent is idle: under load, undelivered records are just queued.
+        idle_since = time.monotonic() - TAIL_CHECK_EVERY_S
+        idle = {topic for topic in self._step_of if self._stepped_at.get(topic, 0.0) < idle_since}
+        owned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in idle]
         for (topic, _), records in (await self.gaps.stalled_tails(owned)).items():
             await self._run_step(topic, records)
 
     async def _route_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
-        async for _ in self._steps(stream, self._route_step):
+        async for _ in self._steps(stream, self._route_step, BIG_MESSAGES_PER_STEP_MAX):
             yield None
 
     def _route_step(self, events: list[EventT[bytes]], outputs: StepOutputs) -> None:
@@ -239,7 +250,7 @@ class LedgerWorker:
 
     async def _price_usage(self, stream: StreamT[bytes]) -> AsyncIterator[None]:
         await self.prices.ready.wait()
-        async for _ in self._steps(stream, self._price_step):
+        async for _ in self._steps(stream, self._price_step, BIG_MESSAGES_PER_STEP_MAX):
             yield None
 
     def _price_step(self, events: list[EventT[bytes]], outputs: StepOutputs) -> None:

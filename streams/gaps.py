@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 GAP_READ_TIMEOUT_MS = 10_000
 TAIL_FETCH_WAIT_MS = 50
+TAIL_RECORDS_MAX = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ class GapFiller:
             reader.assign(tps)
             for tp in tps:
                 reader.seek(tp, self._next[(tp.topic, tp.partition)])
-            batches = await reader.getmany(*tps, timeout_ms=TAIL_FETCH_WAIT_MS * 2)
+            batches = await reader.getmany(*tps, timeout_ms=TAIL_FETCH_WAIT_MS * 2, max_records=TAIL_RECORDS_MAX)
             reader.assign([])
         found = {}
         for tp, records in batches.items():
