@@ -9,6 +9,7 @@ import faust
 import faust.transport.consumer
 import faust.transport.drivers.aiokafka
 from aiokafka import TopicPartition
+from faust.types import TP
 
 from ledger.kafka import end_offsets, ssl_context
 from ledger.settings import Settings
@@ -65,15 +66,19 @@ def adapt_faust_consumer(settings: Settings) -> None:
 
 
 class CommitGuard:
-    """Commits never run ahead of what our agents have processed.
+    """Our steps, not Faust's acks, decide what an input partition commits.
 
     Faust acks a message it skips while a worker starts or rebalances (fetched before
     its flow control resumed, or from an older generation), "so the lag does not grow",
-    and counts on seeking back to the committed offset. A commit that lands in between
-    moves past messages nobody processed: the live tests lost events that way when usage
-    arrived while a restarted worker was joining. The guard clamps each input partition's
-    commit to the offset after the last message a step finished (outputs handed to the
-    producer); it forgets everything on a rebalance, as the consumer seeks back then.
+    and counts on seeking back to the committed offset; a commit landing in between moved
+    past messages nobody processed (the live tests lost events that way). The other way
+    round, a message our ``GapFiller`` read directly is never acked by Faust, and Faust's
+    commit stopped before it for good (a test waited in vain for the group to catch up).
+
+    Our steps see each input partition contiguously from its committed offset (the
+    ``GapFiller`` makes sure), so the offset after the last message a step finished
+    (outputs handed to the producer) is exactly what may be committed. The guard forgets
+    everything on a rebalance, as the consumer seeks back to the commits then.
     """
 
     def __init__(self, topics: set[str]) -> None:
@@ -89,20 +94,34 @@ class CommitGuard:
     def reset(self) -> None:
         self._done.clear()
 
-    def clamp(self, topic: str, partition: int, offset: int | None) -> int | None:
-        """The offset Faust may commit, given the one it wants to."""
-        if offset is None or topic not in self._topics:
-            return offset
-        done = self._done.get((topic, partition))
-        return None if done is None else min(offset, done)
+    def commit_offset(self, topic: str, partition: int, acked: int | None) -> int | None:
+        """The offset to commit, given the one Faust's acks would commit."""
+        if topic not in self._topics:
+            return acked
+        return self._done.get((topic, partition))
+
+    def partitions(self) -> list[tuple[str, int]]:
+        """Input partitions with finished steps (some may have nothing new to commit)."""
+        return list(self._done)
 
     def install(self) -> None:
-        """Wrap Faust's choice of the offset to commit for each partition."""
+        """Wrap Faust's choice of the partitions and offsets to commit."""
         consumer_class = faust.transport.consumer.Consumer
         new_offset = consumer_class._new_offset
+        pending_acks = consumer_class._filter_tps_with_pending_acks
         guard = self
 
         def _new_offset(consumer: Any, tp: Any) -> int | None:
-            return guard.clamp(tp.topic, tp.partition, new_offset(consumer, tp))
+            # Faust's own bookkeeping still runs: it trims the list of acked offsets.
+            return guard.commit_offset(tp.topic, tp.partition, new_offset(consumer, tp))
+
+        def _filter_tps_with_pending_acks(consumer: Any, topics: Any = None) -> Any:
+            tps = set(pending_acks(consumer, topics))
+            for topic, partition in guard.partitions():
+                tp = TP(topic, partition)
+                if topics is None or tp in topics or topic in topics:
+                    tps.add(tp)
+            return iter(tps)
 
         consumer_class._new_offset = _new_offset  # type: ignore[method-assign,assignment]
+        consumer_class._filter_tps_with_pending_acks = _filter_tps_with_pending_acks  # type: ignore[method-assign]

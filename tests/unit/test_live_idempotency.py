@@ -132,12 +132,15 @@ def test_our_producers_batch_events_and_send_a_lone_event_plain() -> None:
     assert next(iter(usage_messages(events[:2], 2)))[0] == messages[0][0]  # same events, same batch id
 
 
-def test_commits_never_run_ahead_of_finished_steps() -> None:
+def test_commits_follow_finished_steps_not_faust_acks() -> None:
     guard = CommitGuard({"usage"})
-    assert guard.clamp("usage", 0, 15) is None  # acked by Faust, processed by nobody yet
+    assert guard.commit_offset("usage", 0, 15) is None  # acked by Faust, processed by nobody yet
     guard.finished("usage", 0, 9)
-    assert guard.clamp("usage", 0, 15) == 10
-    assert guard.clamp("usage", 0, 7) == 7
-    assert guard.clamp("other", 0, 15) == 15  # not an input of ours
+    assert guard.commit_offset("usage", 0, 15) == 10
+    assert guard.commit_offset("usage", 0, 7) == 10  # read directly by the gap filler, never acked by Faust
+    assert guard.commit_offset("usage", 0, None) == 10
+    assert guard.partitions() == [("usage", 0)]
+    assert guard.commit_offset("other", 0, 15) == 15  # not an input of ours
     guard.reset()  # a rebalance: the consumer seeks back to the committed offset
-    assert guard.clamp("usage", 0, 15) is None
+    assert guard.commit_offset("usage", 0, 15) is None
+    assert guard.partitions() == []
