@@ -124,4 +124,4 @@ class CommitGuard:
             return iter(tps)
 
         consumer_class._new_offset = _new_offset  # type: ignore[method-assign,assignment]
-        consumer_class._filter_tps_with_pending_acks = _filter_tps_with_pending_acks  # type: ignore[method-assign]
+        consumer_class._filter_tps_with_pending_acks = _filter_tps_with_pending_acks  # type: ignore[method-assign,assignment]
