@@ -29,9 +29,14 @@ class ChildProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
+    def command(cls, arguments: list[str], env: dict[str, str], log_path: Path | None = None) -> Self:
+        """``spend-ledger <arguments>`` with ``env`` added to this process's environment."""
+        return cls([sys.executable, "-m", "ledger.cli.main", *arguments], env, log_path)
+
+    @classmethod
     def worker(cls, env: dict[str, str], log_path: Path | None = None) -> Self:
-        """``spend-ledger worker`` with ``env`` added to this process's environment."""
-        return cls([sys.executable, "-m", "ledger.cli.main", "worker"], env, log_path)
+        """``spend-ledger worker``."""
+        return cls.command(["worker"], env, log_path)
 
     @property
     def pid(self) -> int | None:
@@ -52,6 +57,17 @@ class ChildProcess:
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the child to exit by itself; SIGKILL it and fail after ``timeout_s``."""
+        assert self._process is not None, "not started"
+        try:
+            code = self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"{' '.join(self._command[3:])} did not exit within {timeout_s} s") from None
+        self._close_log()
+        return code
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ledger.cli import store as store_commands
+from ledger.cli.common import console, fail
 from ledger.domain.errors import LedgerError
 from ledger.domain.money import format_usd
 from ledger.domain.schemas import WIRE_MODELS, json_schema
@@ -27,13 +28,7 @@ prices_app = typer.Typer(
     help="Price books: show what a model costs, import LiteLLM's price file.", no_args_is_help=True
 )
 app.add_typer(prices_app, name="prices")
-# Wide enough for the tables when piped (Rich falls back to 80 columns without a terminal).
-console = Console(width=max(Console().width, 132))
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
+app.command()(store_commands.project)
 
 
 @app.command()
@@ -116,11 +111,11 @@ def broker(
     except KeyboardInterrupt:
         code = 0
     except BrokerError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     finally:
         embedded.stop()
     if code != 0:
-        raise _fail(f"the broker exited with code {code}")
+        raise fail(f"the broker exited with code {code}")
 
 
 @app.command()
@@ -133,7 +128,7 @@ def worker() -> None:
     try:
         settings = load_settings()
     except ValidationError as exc:
-        raise _fail(f"invalid settings: {exc}") from exc
+        raise fail(f"invalid settings: {exc}") from exc
     from streams.worker import run_worker
 
     run_worker(settings)
@@ -152,11 +147,11 @@ def schema(
         console.print(f"wrote {len(WIRE_MODELS)} schemas to {out}")
         return
     if name is None:
-        raise _fail(f"name a record ({', '.join(WIRE_MODELS)}) or pass --out DIR")
+        raise fail(f"name a record ({', '.join(WIRE_MODELS)}) or pass --out DIR")
     try:
         print(json.dumps(json_schema(name), indent=2))
     except KeyError as exc:
-        raise _fail(str(exc.args[0])) from exc
+        raise fail(str(exc.args[0])) from exc
 
 
 @prices_app.command("show")
@@ -179,7 +174,7 @@ def prices_show(
         book = load_price_book(book_file.read_bytes()) if book_file else genai_prices_book()
         rates = price_at(book, model, provider, moment)
     except (LedgerError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     table = Table(title=f"{model} at {moment:%Y-%m-%d %H:%M} UTC ({book.version[:19]})")
     table.add_column("token kind")
     table.add_column("USD per million tokens", justify="right")
@@ -204,7 +199,7 @@ def prices_import_litellm(
             source.read_bytes(), source=f"litellm {source.name}", skip_imprecise=not strict
         )
     except (LedgerError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     out.write_text(book.model_dump_json(exclude_none=True))
     console.print(f"{report.summary()}\nwrote {out} ({book.version[:19]})")
     for reason, keys in sorted(report.skipped.items()):

@@ -19,6 +19,9 @@ from ledger.domain.snapshots import BudgetSnapshot
 from ledger.kafka import end_offsets, ensure_topics
 from ledger.processes import ChildProcess
 from ledger.settings import Settings
+from ledger.store.projector import Projector, ProjectorStats
+from ledger.store.schema import open_store
+from ledger.tokenizer import count_tokens
 from ledger.topics import TopicNames, internal_topic_names, topic_names
 
 WAIT_S = 60.0
@@ -155,6 +158,14 @@ class Ledger:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the worker did not catch up within {timeout_s} s")
             time.sleep(0.5)
+
+    def project(self, store_path: Path) -> ProjectorStats:
+        """Run the projector in this process until it has read every topic to its end."""
+        connection = open_store(store_path)
+        try:
+            return asyncio.run(Projector(self.settings, connection, count_tokens).run(until_caught_up=True))
+        finally:
+            connection.close()
 
     def snapshots(self, until: Callable[[dict[str, BudgetSnapshot]], bool]) -> dict[str, BudgetSnapshot]:
         """The latest snapshot per scope on ``budget-state``, once ``until`` holds."""

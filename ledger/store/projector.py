@@ -1,0 +1,186 @@
+"""The projector: reads the ledger's topics into the store (DESIGN section 7).
+
+It has no consumer group: it assigns itself every partition of its topics and keeps its
+positions in the store, committed in the same transaction as the rows they produced. A
+restart, or a SIGKILL at any point, continues exactly after the last committed batch:
+nothing is lost, and nothing is stored twice (the tables' keys drop what a replayed
+record would repeat). The api hosts it as the store's single writer; ``spend-ledger
+project`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import duckdb
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from ledger.domain.pricing import TokenCounter
+from ledger.kafka import client_options, end_offsets, ensure_topics
+from ledger.settings import Settings
+from ledger.store.records import (
+    StoreRows,
+    alert_row,
+    command_row,
+    dead_letter_row,
+    entry_rows,
+    price_book_row,
+    usage_rows,
+)
+from ledger.store.writer import append, stored_offsets
+from ledger.topics import TopicNames, topic_names
+
+log = logging.getLogger(__name__)
+
+BATCH_MESSAGES_MAX = 256  # usage messages carry up to 10,000 events each
+FETCH_TIMEOUT_MS = 200
+PARTITION_FETCH_BYTES_MAX = 16 * 1024 * 1024  # a usage message may be 8 MiB
+
+
+@dataclass(slots=True)
+class ProjectorStats:
+    """What a projector run stored (rows offered per table; repeats are dropped by key)."""
+
+    messages: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    skipped: int = 0  # records on the ledger's output topics that it did not write
+    seconds: float = 0.0
+
+
+def input_topics(names: TopicNames) -> tuple[str, ...]:
+    """The topics the store is built from."""
+    return (
+        names.usage,
+        names.ledger_entries,
+        names.budget_commands,
+        names.budget_alerts,
+        names.prices,
+        names.dead_letter,
+    )
+
+
+class Projector:
+    """Reads the topics into ``connection`` (the store's one writing connection)."""
+
+    def __init__(self, settings: Settings, connection: duckdb.DuckDBPyConnection, count_tokens: TokenCounter):
+        self.settings = settings
+        self.connection = connection
+        self.count_tokens = count_tokens
+        self.names = topic_names(settings.topic_prefix)
+        self.stats = ProjectorStats()
+        self._rows_of: dict[str, Callable[[ConsumerRecord[bytes, bytes], StoreRows], None]] = {
+            self.names.usage: self._usage,
+            self.names.ledger_entries: self._entries,
+            self.names.budget_commands: self._command,
+            self.names.budget_alerts: self._alert,
+            self.names.prices: self._price_book,
+            self.names.dead_letter: self._dead_letter,
+        }
+
+    async def run(self, stop: asyncio.Event | None = None, *, until_caught_up: bool = False) -> ProjectorStats:
+        """Project until ``stop`` is set, or with ``until_caught_up`` until every partition
+        is read to the end it had when the run began."""
+        started = time.monotonic()
+        await ensure_topics(self.settings)
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
+            fetch_max_bytes=4 * PARTITION_FETCH_BYTES_MAX,
+        )
+        await consumer.start()
+        try:
+            partitions = await self._assign(consumer)
+            targets = await end_offsets(self.settings, partitions) if until_caught_up else {}
+            while stop is None or not stop.is_set():
+                if until_caught_up and await self._caught_up(consumer, targets):
+                    break
+                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=BATCH_MESSAGES_MAX)
+                records = [record for batch in batches.values() for record in batch]
+                if records:
+                    await asyncio.to_thread(self._store, records)
+        finally:
+            await consumer.stop()
+        self.stats.seconds += time.monotonic() - started
+        return self.stats
+
+    @staticmethod
+    async def _caught_up(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
+        for tp, end in targets.items():
+            if await consumer.position(tp) < end:
+                return False
+        return True
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        await consumer.topics()  # loads the cluster metadata
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in input_topics(self.names)
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        positions = stored_offsets(self.connection)
+        for tp in partitions:
+            position = positions.get((tp.topic, tp.partition))
+            if position is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, position)
+        return partitions
+
+    def _store(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """One batch: rows for every record, then rows and positions in one transaction."""
+        rows = StoreRows()
+        next_offsets: dict[tuple[str, int], int] = {}
+        for record in records:
+            if record.value is not None:  # a compacted topic's tombstone carries nothing
+                try:
+                    self._rows_of[record.topic](record, rows)
+                except (ValueError, KeyError, TypeError) as exc:  # not written by the ledger
+                    self.stats.skipped += 1
+                    log.warning("skipped %s/%d@%d: %r", record.topic, record.partition, record.offset, exc)
+            key = (record.topic, record.partition)
+            next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+        append(self.connection, rows, next_offsets)
+        self.stats.messages += len(records)
+        self.stats.batches += 1
+        for table, table_rows in rows.tables.items():
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
+
+    def _usage(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        found = usage_rows(record.value, record.partition, record.offset, self.count_tokens)
+        rows.tables["usage_events"].extend(found)
+
+    def _entries(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        rows.tables["ledger_entries"].extend(entry_rows(record.value))
+
+    def _command(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        row = command_row(record.value, record.partition, record.offset)
+        if row is not None:
+            rows.tables["budget_commands"].append(row)
+
+    def _alert(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        rows.tables["budget_alerts"].append(alert_row(record.value))
+
+    def _price_book(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        row = price_book_row(record.value, record.offset)
+        if row is not None:
+            rows.tables["price_books"].append(row)
+
+    def _dead_letter(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        row = dead_letter_row(record.value)
+        if row is not None:
+            rows.tables["dead_letters"].append(row)

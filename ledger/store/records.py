@@ -1,0 +1,278 @@
+"""From topic records to store rows: pure functions, one per input topic.
+
+The worker has already refused what is invalid (it sends it to ``dead-letter``, which is
+stored from there), so a usage event, command or price book that does not validate here
+is skipped, not stored twice. Records the worker wrote itself (``ledger-entries``,
+``budget-alerts``) are read with orjson alone: they were built from validated models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ledger.domain.budgets import BudgetCommand
+from ledger.domain.errors import InvalidPriceBook, InvalidUsage
+from ledger.domain.money import usd_to_nanos
+from ledger.domain.prices import load_price_book
+from ledger.domain.pricing import TokenCounter, estimate_usage
+from ledger.domain.wire import DeadLetter, Rejected, split_usage_message, validate_usage
+
+USAGE_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "model",
+    "provider",
+    "user_id",
+    "team_id",
+    "key_id",
+    "end_user",
+    "tags",
+    "scope_keys",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "has_usage",
+    "tokens_estimated",
+    "reported_cost_nanos",
+    "raw",
+    "source_partition",
+    "source_offset",
+)
+ENTRY_COLUMNS = (
+    "entry_id",
+    "event_id",
+    "kind",
+    "occurred_at",
+    "model",
+    "provider",
+    "priced_as",
+    "scope_keys",
+    "cost_nanos",
+    "cost_source",
+    "price_book_version",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_estimated",
+    "batch_id",
+)
+COMMAND_COLUMNS = (
+    "command_id",
+    "scope_key",
+    "action",
+    "issued_at",
+    "alias",
+    "limit_name",
+    "command",
+    "source_partition",
+    "source_offset",
+)
+ALERT_COLUMNS = (
+    "alert_id",
+    "scope_key",
+    "alias",
+    "limit_name",
+    "kind",
+    "window_start",
+    "window_end",
+    "spend_nanos",
+    "max_budget_nanos",
+    "soft_budget_nanos",
+    "threshold_nanos",
+    "occurred_at",
+    "trigger_id",
+    "message",
+)
+PRICE_BOOK_COLUMNS = ("version", "book_id", "source", "book", "source_offset")
+DEAD_LETTER_COLUMNS = (
+    "dead_letter_id",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "stage",
+    "reason",
+    "detail",
+    "event_id",
+    "original_key_b64",
+    "original_value_b64",
+)
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "usage_events": USAGE_COLUMNS,
+    "ledger_entries": ENTRY_COLUMNS,
+    "budget_commands": COMMAND_COLUMNS,
+    "budget_alerts": ALERT_COLUMNS,
+    "price_books": PRICE_BOOK_COLUMNS,
+    "dead_letters": DEAD_LETTER_COLUMNS,
+}
+
+
+@dataclass(slots=True)
+class StoreRows:
+    """Rows for each table, in the order read; a row is a tuple in ``TABLE_COLUMNS`` order.
+    Rows repeating a key (an event_id seen twice) are left to the insert to drop."""
+
+    tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {name: [] for name in TABLE_COLUMNS})
+
+    @property
+    def row_count(self) -> int:
+        return sum(len(rows) for rows in self.tables.values())
+
+
+def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCounter) -> list[tuple[Any, ...]]:
+    """The valid events of one ``usage`` message, with the token counts they are priced by
+    (counted from their text when they report none, as the worker does)."""
+    raw_events, _ = split_usage_message(value)
+    rows = []
+    for raw_event in raw_events:
+        event = validate_usage(raw_event.raw, raw_event.where, raw_event.original)
+        if isinstance(event, Rejected):
+            continue
+        try:
+            usage, estimated = estimate_usage(event, count_tokens)
+        except InvalidUsage:
+            continue
+        raw = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
+        rows.append(
+            (
+                event.event_id,
+                event.occurred_at,
+                event.model,
+                event.provider,
+                event.user_id,
+                event.team_id,
+                event.key_id,
+                event.end_user,
+                list(event.tags),
+                list(event.scope_keys()),
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+                usage.reasoning_tokens,
+                event.usage is not None,
+                estimated,
+                None if event.reported_cost is None else usd_to_nanos(event.reported_cost),
+                raw.decode(),
+                partition,
+                offset,
+            )
+        )
+    return rows
+
+
+def entry_rows(value: bytes) -> list[tuple[Any, ...]]:
+    """The entries of one ``ledger-entries`` message (a ``LedgerEntryBatch``)."""
+    batch = orjson.loads(value)
+    batch_id = batch["batch_id"]
+    rows = []
+    for entry in batch["entries"]:
+        usage = entry["usage"]
+        rows.append(
+            (
+                entry["entry_id"],
+                entry["event_id"],
+                entry.get("kind", "charge"),
+                datetime.fromisoformat(entry["occurred_at"]),
+                entry["model"],
+                entry.get("provider"),
+                entry.get("priced_as"),
+                entry["scope_keys"],
+                entry["cost_nanos"],
+                entry["cost_source"],
+                entry.get("price_book_version"),
+                usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0),
+                entry.get("tokens_estimated", False),
+                batch_id,
+            )
+        )
+    return rows
+
+
+def command_row(value: bytes, partition: int, offset: int) -> tuple[Any, ...] | None:
+    """A valid budget command, or None (the worker dead-letters the invalid ones)."""
+    try:
+        command = BudgetCommand.model_validate_json(value)
+    except ValidationError:
+        return None
+    return (
+        command.command_id,
+        command.scope_key,
+        command.action,
+        command.issued_at,
+        command.alias,
+        command.limit_name,
+        command.model_dump_json(),
+        partition,
+        offset,
+    )
+
+
+def alert_row(value: bytes) -> tuple[Any, ...]:
+    """One ``budget-alerts`` record."""
+    alert = orjson.loads(value)
+    window_end = alert.get("window_end")
+    return (
+        alert["alert_id"],
+        alert["scope_key"],
+        alert.get("alias"),
+        alert["limit_name"],
+        alert["kind"],
+        datetime.fromisoformat(alert["window_start"]),
+        None if window_end is None else datetime.fromisoformat(window_end),
+        alert["spend_nanos"],
+        alert.get("max_budget_nanos"),
+        alert.get("soft_budget_nanos"),
+        alert["threshold_nanos"],
+        datetime.fromisoformat(alert["occurred_at"]),
+        alert["trigger_id"],
+        alert["message"],
+    )
+
+
+def price_book_row(value: bytes, offset: int) -> tuple[Any, ...] | None:
+    """A valid price book, or None (the worker dead-letters the invalid ones)."""
+    try:
+        book = load_price_book(value)
+    except InvalidPriceBook:
+        return None
+    return (book.version, book.book_id, book.source, book.model_dump_json(), offset)
+
+
+def dead_letter_row(value: bytes) -> tuple[Any, ...] | None:
+    """One ``dead-letter`` record, keyed by a digest of its content (the worker writes
+    the same record again when it processes its input again)."""
+    try:
+        letter = DeadLetter.model_validate_json(value)
+    except ValidationError:
+        return None
+    identity = orjson.dumps(
+        [
+            letter.source_topic,
+            letter.source_partition,
+            letter.source_offset,
+            letter.stage,
+            letter.reason,
+            letter.event_id,
+            letter.original_value_b64,
+        ]
+    )
+    return (
+        "dl-" + hashlib.sha256(identity).hexdigest()[:32],
+        letter.source_topic,
+        letter.source_partition,
+        letter.source_offset,
+        letter.stage,
+        letter.reason,
+        letter.detail,
+        letter.event_id,
+        letter.original_key_b64,
+        letter.original_value_b64,
+    )

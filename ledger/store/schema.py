@@ -1,0 +1,160 @@
+"""The store's tables and how to open it.
+
+DuckDB admits one writing process (the api, which hosts the projector); every other
+reader opens the file read-only. Times are TIMESTAMPTZ in UTC, money BIGINT nanos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+TABLES_SQL = """
+CREATE TABLE IF NOT EXISTS store_meta (
+    name VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+-- The next offset to read per input partition, written in the same transaction as the
+-- rows read before it: a restart continues exactly there.
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    topic VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic, kafka_partition)
+);
+-- Every valid usage event, once per event_id (the first copy read wins), priced or not.
+CREATE TABLE IF NOT EXISTS usage_events (
+    event_id VARCHAR PRIMARY KEY,
+    occurred_at TIMESTAMPTZ NOT NULL,
+    model VARCHAR NOT NULL,
+    provider VARCHAR,
+    user_id VARCHAR,
+    team_id VARCHAR,
+    key_id VARCHAR,
+    end_user VARCHAR,
+    tags VARCHAR[] NOT NULL,
+    scope_keys VARCHAR[] NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cache_read_tokens BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    has_usage BOOLEAN NOT NULL,
+    tokens_estimated BOOLEAN NOT NULL,
+    reported_cost_nanos BIGINT,
+    raw VARCHAR NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_entries (
+    entry_id VARCHAR PRIMARY KEY,
+    event_id VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    occurred_at TIMESTAMPTZ NOT NULL,
+    model VARCHAR NOT NULL,
+    provider VARCHAR,
+    priced_as VARCHAR,
+    scope_keys VARCHAR[] NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    cost_source VARCHAR NOT NULL,
+    price_book_version VARCHAR,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    tokens_estimated BOOLEAN NOT NULL,
+    batch_id VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_commands (
+    command_id VARCHAR PRIMARY KEY,
+    scope_key VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    issued_at TIMESTAMPTZ NOT NULL,
+    alias VARCHAR,
+    limit_name VARCHAR,
+    command JSON NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_alerts (
+    alert_id VARCHAR PRIMARY KEY,
+    scope_key VARCHAR NOT NULL,
+    alias VARCHAR,
+    limit_name VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end TIMESTAMPTZ,
+    spend_nanos BIGINT NOT NULL,
+    max_budget_nanos BIGINT,
+    soft_budget_nanos BIGINT,
+    threshold_nanos BIGINT NOT NULL,
+    occurred_at TIMESTAMPTZ NOT NULL,
+    trigger_id VARCHAR NOT NULL,
+    message VARCHAR NOT NULL
+);
+-- Every price book published, in the order read (the last one is the current book).
+CREATE TABLE IF NOT EXISTS price_books (
+    version VARCHAR PRIMARY KEY,
+    book_id VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    book JSON NOT NULL,
+    source_offset BIGINT NOT NULL
+);
+-- What the worker refused; dead_letter_id is derived from the record, so a record the
+-- worker refused again after a restart is stored once.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    dead_letter_id VARCHAR PRIMARY KEY,
+    source_topic VARCHAR NOT NULL,
+    source_partition INTEGER,
+    source_offset BIGINT,
+    stage VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    detail VARCHAR NOT NULL,
+    event_id VARCHAR,
+    original_key_b64 VARCHAR,
+    original_value_b64 VARCHAR NOT NULL
+);
+"""
+
+STORE_TABLES = (
+    "usage_events",
+    "ledger_entries",
+    "budget_commands",
+    "budget_alerts",
+    "price_books",
+    "dead_letters",
+    "consumer_offsets",
+)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be opened: missing, or held by its writer in another process."""
+
+
+def open_store(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the store at ``path``; the writer creates the file and its tables if missing.
+
+    A read-only connection never creates anything. DuckDB locks the file for the process
+    that writes it, so while the api (or ``spend-ledger project``) runs, other processes
+    get ``StoreUnavailable`` naming the holder, and ask the api instead.
+    """
+    if read_only and not path.exists():
+        raise StoreUnavailable(f"no ledger store at {path}: start the api (or `spend-ledger project`) first")
+    try:
+        if read_only:
+            connection = duckdb.connect(str(path), read_only=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            connection = duckdb.connect(str(path))
+            connection.execute(TABLES_SQL)
+            connection.execute("INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        raise StoreUnavailable(
+            f"the ledger store {path} is open for writing by another process (the api or the projector); "
+            f"query it through the api, or stop that process first. DuckDB said: {exc}"
+        ) from exc
+    connection.execute("SET TimeZone = 'UTC'")
+    return connection

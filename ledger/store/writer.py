@@ -1,0 +1,162 @@
+"""Appending rows to the store: every table and the consumer offsets in one transaction.
+
+Rows go in as Arrow tables (one insert per table per batch, never row by row). A key
+seen before is ignored (``INSERT OR IGNORE`` on each table's primary key), so input read
+again after a crash adds nothing; with the offsets committed alongside, it is not even
+read again unless the crash came before the commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ledger.store.records import TABLE_COLUMNS, StoreRows
+
+_UTC = pa.timestamp("us", tz="UTC")
+_TEXTS = pa.list_(pa.string())
+ARROW_SCHEMAS: dict[str, pa.Schema] = {
+    "usage_events": pa.schema(
+        [
+            ("event_id", pa.string()),
+            ("occurred_at", _UTC),
+            ("model", pa.string()),
+            ("provider", pa.string()),
+            ("user_id", pa.string()),
+            ("team_id", pa.string()),
+            ("key_id", pa.string()),
+            ("end_user", pa.string()),
+            ("tags", _TEXTS),
+            ("scope_keys", _TEXTS),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("cache_read_tokens", pa.int64()),
+            ("cache_write_tokens", pa.int64()),
+            ("reasoning_tokens", pa.int64()),
+            ("has_usage", pa.bool_()),
+            ("tokens_estimated", pa.bool_()),
+            ("reported_cost_nanos", pa.int64()),
+            ("raw", pa.string()),
+            ("source_partition", pa.int32()),
+            ("source_offset", pa.int64()),
+        ]
+    ),
+    "ledger_entries": pa.schema(
+        [
+            ("entry_id", pa.string()),
+            ("event_id", pa.string()),
+            ("kind", pa.string()),
+            ("occurred_at", _UTC),
+            ("model", pa.string()),
+            ("provider", pa.string()),
+            ("priced_as", pa.string()),
+            ("scope_keys", _TEXTS),
+            ("cost_nanos", pa.int64()),
+            ("cost_source", pa.string()),
+            ("price_book_version", pa.string()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("tokens_estimated", pa.bool_()),
+            ("batch_id", pa.string()),
+        ]
+    ),
+    "budget_commands": pa.schema(
+        [
+            ("command_id", pa.string()),
+            ("scope_key", pa.string()),
+            ("action", pa.string()),
+            ("issued_at", _UTC),
+            ("alias", pa.string()),
+            ("limit_name", pa.string()),
+            ("command", pa.string()),
+            ("source_partition", pa.int32()),
+            ("source_offset", pa.int64()),
+        ]
+    ),
+    "budget_alerts": pa.schema(
+        [
+            ("alert_id", pa.string()),
+            ("scope_key", pa.string()),
+            ("alias", pa.string()),
+            ("limit_name", pa.string()),
+            ("kind", pa.string()),
+            ("window_start", _UTC),
+            ("window_end", _UTC),
+            ("spend_nanos", pa.int64()),
+            ("max_budget_nanos", pa.int64()),
+            ("soft_budget_nanos", pa.int64()),
+            ("threshold_nanos", pa.int64()),
+            ("occurred_at", _UTC),
+            ("trigger_id", pa.string()),
+            ("message", pa.string()),
+        ]
+    ),
+    "price_books": pa.schema(
+        [
+            ("version", pa.string()),
+            ("book_id", pa.string()),
+            ("source", pa.string()),
+            ("book", pa.string()),
+            ("source_offset", pa.int64()),
+        ]
+    ),
+    "dead_letters": pa.schema(
+        [
+            ("dead_letter_id", pa.string()),
+            ("source_topic", pa.string()),
+            ("source_partition", pa.int32()),
+            ("source_offset", pa.int64()),
+            ("stage", pa.string()),
+            ("reason", pa.string()),
+            ("detail", pa.string()),
+            ("event_id", pa.string()),
+            ("original_key_b64", pa.string()),
+            ("original_value_b64", pa.string()),
+        ]
+    ),
+}
+assert all(tuple(ARROW_SCHEMAS[name].names) == columns for name, columns in TABLE_COLUMNS.items())
+
+
+def arrow_table(table: str, rows: list[tuple[Any, ...]]) -> pa.Table:
+    """Rows (tuples in column order) as an Arrow table of the table's schema."""
+    schema = ARROW_SCHEMAS[table]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
+    return pa.Table.from_arrays(
+        [pa.array(column, type=schema.field(i).type) for i, column in enumerate(columns)], schema=schema
+    )
+
+
+def stored_offsets(connection: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], int]:
+    """The next offset to read per (topic, partition), as last committed."""
+    rows = connection.execute("SELECT topic, kafka_partition, next_offset FROM consumer_offsets").fetchall()
+    return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+def append(connection: duckdb.DuckDBPyConnection, rows: StoreRows, next_offsets: dict[tuple[str, int], int]) -> None:
+    """Insert ``rows`` and move the offsets, all or nothing."""
+    connection.begin()
+    try:
+        for table, table_rows in rows.tables.items():
+            if not table_rows:
+                continue
+            connection.register("incoming", arrow_table(table, table_rows))
+            connection.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming")
+            connection.unregister("incoming")
+        if next_offsets:
+            offsets = pa.table(
+                {
+                    "topic": [topic for topic, _ in next_offsets],
+                    "kafka_partition": pa.array([partition for _, partition in next_offsets], pa.int32()),
+                    "next_offset": pa.array(list(next_offsets.values()), pa.int64()),
+                }
+            )
+            connection.register("offsets", offsets)
+            connection.execute("INSERT OR REPLACE INTO consumer_offsets SELECT * FROM offsets")
+            connection.unregister("offsets")
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise

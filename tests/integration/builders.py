@@ -1,0 +1,59 @@
+"""Records for the integration tests: usage events, budget commands, and predicates on
+the live budget state."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.domain.events import UsageEvent
+from ledger.domain.pricing import price_event
+from ledger.domain.snapshots import BudgetSnapshot
+from ledger.pricebooks.genai import genai_prices_book
+from tests.integration.conftest import Ledger
+
+MakeLedger = Callable[..., Ledger]
+_ids = itertools.count()
+
+
+def usage(event_id: str, *, user: str = "u", team: str | None = None, prompt: int = 100, **fields: Any) -> dict:
+    event = {
+        "event_id": event_id,
+        "occurred_at": fields.pop("occurred_at", datetime.now(UTC).isoformat()),
+        "model": fields.pop("model", "gpt-4o-mini"),
+        "user_id": user,
+        "usage": {"prompt_tokens": prompt, "completion_tokens": fields.pop("completion", 20)},
+        **fields,
+    }
+    if team is not None:
+        event["team_id"] = team
+    return event
+
+
+def cost_nanos(event: dict) -> int:
+    return price_event(UsageEvent.model_validate(event), genai_prices_book()).cost_nanos
+
+
+def command(scope_key: str, action: str = "upsert", **fields: Any) -> tuple[str, dict]:
+    body = {
+        "command_id": f"cmd-{next(_ids)}",
+        "scope_key": scope_key,
+        "action": action,
+        "issued_at": fields.pop("issued_at", datetime.now(UTC).isoformat()),
+        **fields,
+    }
+    return scope_key, body
+
+
+def has_limits(scope_key: str) -> Callable[[dict[str, BudgetSnapshot]], bool]:
+    return lambda states: scope_key in states and bool(states[scope_key].state.limits)
+
+
+def charged(scope_key: str, count: int) -> Callable[[dict[str, BudgetSnapshot]], bool]:
+    return lambda states: scope_key in states and states[scope_key].state.entry_count >= count
+
+
+def alerts_of(alerts: list[dict], scope_key: str, kind: str) -> list[dict]:
+    return [alert for alert in alerts if alert["scope_key"] == scope_key and alert["kind"] == kind]
