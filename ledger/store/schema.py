@@ -132,17 +132,24 @@ class StoreUnavailable(Exception):
     """The store cannot be opened: missing, or held by its writer in another process."""
 
 
-def open_store(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def open_store(path: Path, *, read_only: bool = False, sandboxed: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the store at ``path``; the writer creates the file and its tables if missing.
 
     A read-only connection never creates anything. DuckDB locks the file for the process
     that writes it, so while the api (or ``spend-ledger project``) runs, other processes
     get ``StoreUnavailable`` naming the holder, and ask the api instead.
+
+    ``sandboxed`` (read-only only, for ad-hoc SQL) also turns off every file, network and
+    extension access and locks the configuration, so no statement can turn it back on.
     """
+    if sandboxed and not read_only:
+        raise ValueError("only a read-only store can be sandboxed")
     if read_only and not path.exists():
         raise StoreUnavailable(f"no ledger store at {path}: start the api (or `spend-ledger project`) first")
     try:
-        if read_only:
+        if sandboxed:
+            connection = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
+        elif read_only:
             connection = duckdb.connect(str(path), read_only=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,4 +164,6 @@ def open_store(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnect
             f"query it through the api, or stop that process first. DuckDB said: {exc}"
         ) from exc
     connection.execute("SET TimeZone = 'UTC'")
+    if sandboxed:  # last: a locked configuration refuses even the time zone above
+        connection.execute("SET lock_configuration = true")
     return connection

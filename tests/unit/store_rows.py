@@ -1,0 +1,101 @@
+"""Rows for small DuckDB stores built in unit tests, through the real writer."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ledger.domain.budgets import BudgetCommand, BudgetSpec, CommandAction
+from ledger.store.records import StoreRows, command_row
+from ledger.store.schema import open_store
+from ledger.store.writer import append
+
+_ids = itertools.count()
+
+
+def at(hour: int, minute: int = 0, *, day: int = 3, month: int = 11) -> datetime:
+    return datetime(2025, month, day, hour, minute, tzinfo=UTC)
+
+
+def entry(
+    cost_nanos: int,
+    *scopes: str,
+    model: str = "gpt-4o",
+    occurred_at: datetime | None = None,
+    kind: str = "charge",
+    prompt: int = 100,
+    completion: int = 10,
+) -> tuple[Any, ...]:
+    """A ledger_entries row charging ``global:*`` and ``scopes``."""
+    number = next(_ids)
+    return (
+        f"entry-{number}",
+        f"evt-{number}",
+        kind,
+        occurred_at or at(9),
+        model,
+        "openai",
+        model,
+        ["global:*", *scopes],
+        cost_nanos,
+        "price_book",
+        "book-1",
+        prompt,
+        completion,
+        False,
+        f"batch-{number}",
+    )
+
+
+def command(
+    scope_key: str,
+    action: CommandAction,
+    issued_at: datetime,
+    *budgets: BudgetSpec,
+    alias: str | None = None,
+    limit_name: str | None = None,
+) -> tuple[Any, ...]:
+    """A budget_commands row, through the projector's own record function."""
+    number = next(_ids)
+    body = BudgetCommand(
+        command_id=f"cmd-{number}",
+        scope_key=scope_key,
+        action=action,
+        issued_at=issued_at,
+        budgets=budgets,
+        alias=alias,
+        limit_name=limit_name,
+    )
+    row = command_row(body.model_dump_json().encode(), 0, number)
+    assert row is not None
+    return row
+
+
+def dead_letter(
+    topic: str, stage: str, reason: str, detail: str, event_id: str | None = None, *, offset: int, partition: int = 0
+) -> tuple[Any, ...]:
+    """A dead_letters row for the record at ``offset`` of ``topic``."""
+    return (f"dl-{next(_ids)}", topic, partition, offset, stage, reason, detail, event_id, None, "e30=")
+
+
+def build_store(
+    path: Path,
+    *,
+    entries: Sequence[tuple[Any, ...]] = (),
+    commands: Sequence[tuple[Any, ...]] = (),
+    dead_letters: Sequence[tuple[Any, ...]] = (),
+) -> Path:
+    """Write the rows into a new store at ``path`` and close it (readers open it read-only)."""
+    rows = StoreRows()
+    rows.tables["ledger_entries"].extend(entries)
+    rows.tables["budget_commands"].extend(commands)
+    rows.tables["dead_letters"].extend(dead_letters)
+    connection = open_store(path)
+    try:
+        append(connection, rows, {})
+    finally:
+        connection.close()
+    return path
