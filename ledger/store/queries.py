@@ -1,0 +1,379 @@
+"""Typed spend queries over the store: the one home of the spend SQL (DESIGN section 7).
+
+Callers (the CLI, the HTTP API's ``GET /v1/spend``) pass names from fixed sets and
+values, never SQL. Every amount is an ``int`` of nanos; ``adjustment`` entries count in
+spend; times are UTC and ranges are ``[start, end)`` of ``occurred_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from ledger.domain.budgets import BudgetCommand, BudgetSpec
+from ledger.domain.scopes import InvalidScope, parse_scope_key
+
+if TYPE_CHECKING:
+    import duckdb
+
+GroupBy = Literal["scope", "user", "team", "key", "end_user", "tag", "model", "hour", "day", "month"]
+GROUP_BY_NAMES: tuple[str, ...] = get_args(GroupBy)
+SpenderKind = Literal["user", "team", "key", "end_user", "tag"]
+SPENDER_KINDS: tuple[str, ...] = get_args(SpenderKind)
+TIME_BUCKETS = ("hour", "day", "month")
+
+SPEND_ROWS_MAX = 10_000
+TOP_SPENDERS_MAX = 1_000
+BUDGET_SCOPES_MAX = 10_000
+
+
+class InvalidSpendQuery(ValueError):
+    """A spend query the store cannot answer as asked; the message lists what it accepts."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """Spend of one group. ``groups`` maps each group-by name to its value: a scope id (the
+    part after ``kind:``), a full scope key for ``scope``, a model, or a bucket's UTC start;
+    None for entries that name no scope of that kind. Tokens count charges only (an
+    adjustment corrects the cost of a call already counted)."""
+
+    groups: dict[str, str | datetime | None]
+    spend_nanos: int
+    entry_count: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReport:
+    """The rows of a spend query, and whether ``limit`` cut them short."""
+
+    group_by: tuple[str, ...]
+    start: datetime | None
+    end: datetime | None
+    rows: tuple[SpendRow, ...]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeSpend:
+    """Spend charged to one scope key."""
+
+    scope_key: str
+    spend_nanos: int
+    entry_count: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """A scope's configured limits and its spend, as far as plain sums can tell.
+
+    ``limits`` come from the latest upsert (a later delete removes the scope from the
+    report). ``spend_since_last_command_nanos`` sums the entries that occurred at or after
+    the scope's latest upsert or reset: not the spend of each limit's current window,
+    which may have opened later (a ``1d`` window) or earlier (an upsert keeps windows),
+    and which counts one model only for a per-model limit. The replay computes that.
+    """
+
+    scope_key: str
+    alias: str | None
+    limits: tuple[BudgetSpec, ...]
+    configured_at: datetime
+    last_command_action: str
+    last_command_at: datetime
+    total_spend_nanos: int
+    spend_since_last_command_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReport:
+    """Budget status of each budgeted scope, by scope key, and whether ``limit`` cut it short."""
+
+    statuses: tuple[BudgetStatus, ...]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterGroup:
+    """Dead letters of one (source topic, stage, reason), with one example: the one at the
+    highest source offset, the latest when the source topic has one partition (dead letters
+    carry no time of their own, and the insert order is not kept)."""
+
+    source_topic: str
+    stage: str
+    reason: str
+    count: int
+    example_detail: str
+    example_event_id: str | None
+
+
+def spend_by(
+    connection: duckdb.DuckDBPyConnection,
+    group_by: Sequence[str],
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    scope_key: str | None = None,
+    limit: int = SPEND_ROWS_MAX,
+) -> SpendReport:
+    """Spend grouped by any of ``GROUP_BY_NAMES`` (none: one total row), ordered by group.
+
+    Scope kinds come from each entry's scope keys, so an entry with two tags counts once
+    under each tag. ``scope_key`` keeps only the entries charged to that scope.
+    """
+    names = _checked_group_by(group_by)
+    _check_range(start, end)
+    _check_limit(limit, SPEND_ROWS_MAX)
+    columns: list[str] = []
+    joins: list[str] = []
+    for name in names:
+        if name == "scope":
+            joins.append("unnest(e.scope_keys) AS g_scope(value)")
+            columns.append("g_scope.value")
+        elif name in SPENDER_KINDS:
+            joins.append(f"unnest({_scope_ids_or_null(name)}) AS g_{name}(value)")
+            columns.append(f"g_{name}.value")
+        elif name == "model":
+            columns.append("e.model")
+        else:  # a time bucket, truncated in UTC whatever the session's time zone
+            columns.append(f"date_trunc('{name}', timezone('UTC', e.occurred_at))")
+    where, parameters = _entry_filters(start, end, scope_key)
+    sql = f"SELECT {', '.join([*columns, _SPEND_SUMS])} FROM {', '.join(['ledger_entries AS e', *joins])} {where}"
+    if columns:
+        positions = range(1, len(columns) + 1)
+        sql += f" GROUP BY {', '.join(map(str, positions))} ORDER BY {', '.join(f'{i} NULLS LAST' for i in positions)}"
+    fetched = connection.execute(sql + " LIMIT ?", [*parameters, limit + 1]).fetchall()
+    rows = tuple(
+        SpendRow(
+            groups={name: _group_value(name, value) for name, value in zip(names, row[: len(names)], strict=True)},
+            spend_nanos=int(row[-4]),
+            entry_count=int(row[-3]),
+            prompt_tokens=int(row[-2]),
+            completion_tokens=int(row[-1]),
+        )
+        for row in fetched[:limit]
+    )
+    return SpendReport(group_by=names, start=start, end=end, rows=rows, truncated=len(fetched) > limit)
+
+
+def spend_by_scope(
+    connection: duckdb.DuckDBPyConnection,
+    scope_key: str | None = None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = SPEND_ROWS_MAX,
+) -> SpendReport:
+    """Spend of one scope key, or of every scope key (``global:*`` included)."""
+    if scope_key is None:
+        return spend_by(connection, ["scope"], start=start, end=end, limit=limit)
+    total = spend_by(connection, [], start=start, end=end, scope_key=scope_key, limit=limit)
+    (row,) = total.rows
+    only = SpendRow({"scope": scope_key}, row.spend_nanos, row.entry_count, row.prompt_tokens, row.completion_tokens)
+    return SpendReport(group_by=("scope",), start=start, end=end, rows=(only,), truncated=False)
+
+
+def spend_by_model(
+    connection: duckdb.DuckDBPyConnection,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = SPEND_ROWS_MAX,
+) -> SpendReport:
+    """Spend per model."""
+    return spend_by(connection, ["model"], start=start, end=end, limit=limit)
+
+
+def spend_by_time(
+    connection: duckdb.DuckDBPyConnection,
+    bucket: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = SPEND_ROWS_MAX,
+) -> SpendReport:
+    """Spend per UTC ``hour``, ``day`` or ``month``, oldest first."""
+    if bucket not in TIME_BUCKETS:
+        raise InvalidSpendQuery(f"unknown time bucket {bucket!r}; expected one of: {', '.join(TIME_BUCKETS)}")
+    return spend_by(connection, [bucket], start=start, end=end, limit=limit)
+
+
+def top_spenders(
+    connection: duckdb.DuckDBPyConnection,
+    kind: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 10,
+) -> tuple[ScopeSpend, ...]:
+    """The ``limit`` scopes of ``kind`` that spent most, most first (ties by scope key)."""
+    if kind not in SPENDER_KINDS:
+        raise InvalidSpendQuery(f"unknown scope kind {kind!r}; expected one of: {', '.join(SPENDER_KINDS)}")
+    _check_range(start, end)
+    _check_limit(limit, TOP_SPENDERS_MAX)
+    where, parameters = _entry_filters(start, end, None)
+    sql = (
+        f"SELECT k.value, {_SPEND_SUMS} FROM ledger_entries AS e, unnest(e.scope_keys) AS k(value) "
+        f"{where} {'AND' if where else 'WHERE'} starts_with(k.value, ?) "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?"
+    )
+    rows = connection.execute(sql, [*parameters, f"{kind}:", limit]).fetchall()
+    return tuple(
+        ScopeSpend(str(key), int(spend), int(count), int(prompt), int(out)) for key, spend, count, prompt, out in rows
+    )
+
+
+def budget_statuses(
+    connection: duckdb.DuckDBPyConnection, scope_key: str | None = None, *, limit: int = BUDGET_SCOPES_MAX
+) -> BudgetReport:
+    """Each budgeted scope (or only ``scope_key``): its limits and spend; see ``BudgetStatus``."""
+    if scope_key is not None:
+        _check_scope_key(scope_key)
+    _check_limit(limit, BUDGET_SCOPES_MAX)
+    rows = connection.execute(_BUDGETS_SQL, [scope_key, scope_key, limit + 1]).fetchall()
+    statuses = []
+    for key, command_json, alias, configured_at, last_action, last_at, total, since in rows[:limit]:
+        command = BudgetCommand.model_validate_json(command_json)
+        statuses.append(
+            BudgetStatus(
+                scope_key=key,
+                alias=alias,
+                limits=command.budgets,
+                configured_at=_utc(configured_at),
+                last_command_action=last_action,
+                last_command_at=_utc(last_at),
+                total_spend_nanos=int(total),
+                spend_since_last_command_nanos=int(since),
+            )
+        )
+    return BudgetReport(statuses=tuple(statuses), truncated=len(rows) > limit)
+
+
+def dead_letter_summary(connection: duckdb.DuckDBPyConnection) -> tuple[DeadLetterGroup, ...]:
+    """Dead letters counted by source topic, stage and reason, most frequent first."""
+    example = "ORDER BY source_offset DESC NULLS LAST, source_partition DESC NULLS LAST, dead_letter_id"
+    rows = connection.execute(
+        f"SELECT source_topic, stage, reason, count(*), first(detail {example}), first(event_id {example}) "
+        "FROM dead_letters GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3"
+    ).fetchall()
+    return tuple(DeadLetterGroup(*row) for row in rows)
+
+
+# Sums over ``ledger_entries AS e``; tokens only from charges (see SpendRow).
+_SPEND_SUMS = (
+    "coalesce(sum(e.cost_nanos), 0), count(e.entry_id), "
+    "coalesce(sum(e.prompt_tokens) FILTER (WHERE e.kind = 'charge'), 0), "
+    "coalesce(sum(e.completion_tokens) FILTER (WHERE e.kind = 'charge'), 0)"
+)
+
+# Per scope: the latest upsert or delete by issued_at (then by offset) decides; a delete
+# drops the scope. "Since" is the latest upsert or reset from that upsert on.
+_BUDGETS_SQL = """
+WITH in_force AS (
+    SELECT scope_key, action, command, issued_at
+    FROM budget_commands
+    WHERE action IN ('upsert', 'delete') AND (? IS NULL OR scope_key = ?)
+    QUALIFY row_number() OVER (PARTITION BY scope_key ORDER BY issued_at DESC, source_offset DESC) = 1
+),
+budgeted AS (SELECT * FROM in_force WHERE action = 'upsert'),
+last_change AS (
+    SELECT c.scope_key, c.action, c.issued_at
+    FROM budget_commands AS c JOIN budgeted AS b ON c.scope_key = b.scope_key
+    WHERE c.action IN ('upsert', 'reset') AND c.issued_at >= b.issued_at
+    QUALIFY row_number() OVER (PARTITION BY c.scope_key ORDER BY c.issued_at DESC, c.source_offset DESC) = 1
+),
+aliases AS (
+    SELECT scope_key, arg_max(alias, issued_at) AS alias
+    FROM budget_commands WHERE alias IS NOT NULL GROUP BY scope_key
+),
+charged AS (
+    SELECT k.value AS scope_key, e.cost_nanos, e.occurred_at
+    FROM ledger_entries AS e, unnest(e.scope_keys) AS k(value)
+    WHERE k.value IN (SELECT scope_key FROM budgeted)
+)
+SELECT
+    b.scope_key, b.command, a.alias, b.issued_at, l.action, l.issued_at,
+    coalesce(sum(s.cost_nanos), 0),
+    coalesce(sum(s.cost_nanos) FILTER (WHERE s.occurred_at >= l.issued_at), 0)
+FROM budgeted AS b
+JOIN last_change AS l ON l.scope_key = b.scope_key
+LEFT JOIN aliases AS a ON a.scope_key = b.scope_key
+LEFT JOIN charged AS s ON s.scope_key = b.scope_key
+GROUP BY ALL
+ORDER BY b.scope_key
+LIMIT ?
+"""
+
+
+def _scope_ids_or_null(kind: str) -> str:
+    """SQL for the ids of ``e``'s scope keys of ``kind``, or ``[NULL]`` when it names none
+    (so unnesting keeps the entry, under None). ``kind`` is one of SPENDER_KINDS."""
+    assert kind in SPENDER_KINDS
+    prefix = f"{kind}:"
+    of_kind = f"list_filter(e.scope_keys, lambda k: starts_with(k, '{prefix}'))"
+    ids = f"list_transform({of_kind}, lambda k: k[{len(prefix) + 1}:])"
+    return f"CASE WHEN len({ids}) = 0 THEN [NULL::VARCHAR] ELSE {ids} END"
+
+
+def _entry_filters(start: datetime | None, end: datetime | None, scope_key: str | None) -> tuple[str, list[Any]]:
+    conditions: list[str] = []
+    parameters: list[Any] = []
+    if start is not None:
+        conditions.append("e.occurred_at >= ?")
+        parameters.append(start)
+    if end is not None:
+        conditions.append("e.occurred_at < ?")
+        parameters.append(end)
+    if scope_key is not None:
+        _check_scope_key(scope_key)
+        conditions.append("list_contains(e.scope_keys, ?)")
+        parameters.append(scope_key)
+    return ("WHERE " + " AND ".join(conditions) if conditions else ""), parameters
+
+
+def _group_value(name: str, value: Any) -> str | datetime | None:
+    if name in TIME_BUCKETS:
+        return _utc(value)
+    return None if value is None else str(value)
+
+
+def _utc(value: datetime) -> datetime:
+    """A naive UTC timestamp from DuckDB, or an aware one in any zone, as aware UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _checked_group_by(group_by: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(group_by)
+    unknown = [name for name in names if name not in GROUP_BY_NAMES]
+    if unknown:
+        raise InvalidSpendQuery(
+            f"cannot group by {', '.join(map(repr, unknown))}; accepted: {', '.join(GROUP_BY_NAMES)}"
+        )
+    if len(set(names)) != len(names):
+        raise InvalidSpendQuery(f"group_by names a group twice: {', '.join(names)}")
+    return names
+
+
+def _check_range(start: datetime | None, end: datetime | None) -> None:
+    for label, moment in (("from", start), ("to", end)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidSpendQuery(f"'{label}' time {moment.isoformat()} has no time zone; give one (e.g. +00:00)")
+    if start is not None and end is not None and start >= end:
+        raise InvalidSpendQuery(f"'from' ({start.isoformat()}) must be before 'to' ({end.isoformat()})")
+
+
+def _check_limit(limit: int, maximum: int) -> None:
+    if not 1 <= limit <= maximum:
+        raise InvalidSpendQuery(f"limit must be between 1 and {maximum}, got {limit}")
+
+
+def _check_scope_key(scope_key: str) -> None:
+    try:
+        parse_scope_key(scope_key)
+    except InvalidScope as exc:
+        raise InvalidSpendQuery(str(exc)) from exc
