@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ledger.cli import spend as spend_commands
 from ledger.cli import store as store_commands
 from ledger.cli.common import console, fail
 from ledger.domain.errors import LedgerError
@@ -29,6 +30,8 @@ prices_app = typer.Typer(
 )
 app.add_typer(prices_app, name="prices")
 app.command()(store_commands.project)
+app.add_typer(spend_commands.spend_app, name="spend")
+app.command()(spend_commands.sql)
 
 
 @app.command()
