@@ -33,6 +33,7 @@ import orjson
 from faust.types import EventT, StreamT, TableT
 from pydantic import ValidationError
 
+from ledger.domain.adjustments import LedgerAdjustment, adjustment_entry
 from ledger.domain.budgets import BudgetCommand
 from ledger.domain.dedup import DedupIndex
 from ledger.domain.errors import InvalidUsage, UnpricedModel
@@ -41,7 +42,7 @@ from ledger.domain.fold import Alerts, Charge
 from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch, price_event
 from ledger.domain.snapshots import BudgetSnapshot, ScopeInput, empty_snapshot, fold_inputs, fold_tick, next_window_end
-from ledger.domain.wire import Rejected, dead_letter, field_errors, split_usage_message, validate_usage
+from ledger.domain.wire import Rejected, dead_letter, dedup_id, field_errors, split_usage_message, validate_input
 from ledger.settings import Settings
 from ledger.topics import internal_topic_names, topic_names
 from streams.codec import (
@@ -231,8 +232,8 @@ class LedgerWorker:
                 self._dead_letter(outputs, refused, source)
             for raw_event in raw_events:
                 body = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
-                event_id = raw_event.raw.get("event_id")
-                route_key = event_id.encode() if isinstance(event_id, str) else body
+                record_id = dedup_id(raw_event.raw)
+                route_key = record_id.encode() if record_id is not None else body
                 target = partition_of(route_key, self.partitions)
                 group = groups.get(target)
                 if group is None or group.size + len(body) > ROUTED_BYTES_MAX:
@@ -262,7 +263,7 @@ class LedgerWorker:
         partition, offset = message.partition, message.offset
         dedup = self._dedup_index(partition)
         sources, items = decode_routed(message.value or b"")
-        checked: list[tuple[UsageEvent, Source, bytes]] = []
+        checked: list[tuple[UsageEvent | LedgerAdjustment, Source, bytes]] = []
         for source_index, body in items:
             source = sources[source_index]
             try:
@@ -270,29 +271,35 @@ class LedgerWorker:
             except orjson.JSONDecodeError as exc:  # hop 1 sent only objects; a bug if reached
                 self._dead_letter(outputs, Rejected(body, "decode", "malformed_json", str(exc)), source)
                 continue
-            usage = validate_usage(raw, original=body)
+            usage = validate_input(raw, original=body)
             if isinstance(usage, Rejected):
                 self._dead_letter(outputs, usage, source)
             else:
                 checked.append((usage, source, body))
-        verdicts = dedup.admit(offset, [usage.event_id for usage, _, _ in checked])
+        verdicts = dedup.admit(offset, [_record_id(usage) for usage, _, _ in checked])
         fresh = [item for item, new in zip(checked, verdicts, strict=True) if new]
 
         book = self.prices.book
         entries: list[LedgerEntry] = []
         charges: dict[int, list[ChargeRow]] = {}
         for usage, source, body in fresh:
-            try:
-                entry = price_event(
-                    usage, book, count_tokens=self.count_tokens, trust_reported_cost=self.settings.trust_reported_cost
-                )
-            except UnpricedModel as exc:
-                self._dead_letter(outputs, Rejected(body, "price", "unpriced", str(exc), usage.event_id), source)
-                continue
-            except InvalidUsage as exc:
-                rejected = Rejected(body, "price", "invalid_usage", str(exc), usage.event_id)
-                self._dead_letter(outputs, rejected, source)
-                continue
+            if isinstance(usage, LedgerAdjustment):
+                entry = adjustment_entry(usage)
+            else:
+                try:
+                    entry = price_event(
+                        usage,
+                        book,
+                        count_tokens=self.count_tokens,
+                        trust_reported_cost=self.settings.trust_reported_cost,
+                    )
+                except UnpricedModel as exc:
+                    self._dead_letter(outputs, Rejected(body, "price", "unpriced", str(exc), usage.event_id), source)
+                    continue
+                except InvalidUsage as exc:
+                    rejected = Rejected(body, "price", "invalid_usage", str(exc), usage.event_id)
+                    self._dead_letter(outputs, rejected, source)
+                    continue
             entries.append(entry)
             charge = Charge(entry.entry_id, entry.occurred_at, entry.model, entry.cost_nanos)
             occurred_at_iso = entry.occurred_at.isoformat()
@@ -302,7 +309,7 @@ class LedgerWorker:
             for owner, scopes in scopes_by_owner.items():
                 charges.setdefault(owner, []).append(charge_row(charge, occurred_at_iso, scopes))
 
-        accepted = [usage.event_id for usage, _, _ in fresh]
+        accepted = [_record_id(usage) for usage, _, _ in fresh]
         if dedup.record(offset, accepted, time.time()):
             log_record = orjson.dumps({"at": time.time(), "ids": accepted})
             self._write_table(outputs, self.dedup_table, partition, f"{partition}:{offset}".encode(), log_record)
@@ -469,6 +476,10 @@ class LedgerWorker:
         else:
             table.data[key] = value
         outputs.add(table.changelog_topic.get_topic_name(), partition, key, value)
+
+
+def _record_id(record: UsageEvent | LedgerAdjustment) -> str:
+    return record.adjustment_id if isinstance(record, LedgerAdjustment) else record.event_id
 
 
 class _RoutedGroup:

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ledger.cli import replay as replay_commands
 from ledger.cli import spend as spend_commands
 from ledger.cli import store as store_commands
 from ledger.cli.common import console, fail
@@ -32,6 +33,7 @@ app.add_typer(prices_app, name="prices")
 app.command()(store_commands.project)
 app.add_typer(spend_commands.spend_app, name="spend")
 app.command()(spend_commands.sql)
+app.command()(replay_commands.replay)
 
 
 @app.command()

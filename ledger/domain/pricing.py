@@ -26,7 +26,7 @@ from ledger.domain.prices import PriceBook, RateValue, TieredRate, TokenRates
 _TOKENS_PER_MTOK = 10**6
 _UNITS_PER_NANO = 10**15
 
-CostSource = Literal["price_book", "reported"]
+CostSource = Literal["price_book", "reported", "replay"]
 EntryKind = Literal["charge", "adjustment"]
 TokenCounter = Callable[[str], int]
 

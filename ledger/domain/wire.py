@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
+from ledger.domain.adjustments import LedgerAdjustment
 from ledger.domain.events import BATCH_EVENTS_MAX, FROZEN, SCHEMA_VERSION, UsageBatch, UsageEvent
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024  # a full batch of 10,000 events is about 4 MiB
@@ -30,6 +31,7 @@ RejectReason = Literal[
     "unpriced",
     "invalid_command",
     "invalid_price_book",
+    "invalid_adjustment",
 ]
 
 
@@ -174,6 +176,30 @@ def validate_usage(raw: dict[str, Any], where: str = "", original: bytes | None 
     except ValidationError as exc:
         detail = (where + field_errors(exc))[:ERROR_TEXT_CHARS_MAX]
         return Rejected(original or orjson.dumps(raw), "validate", "invalid_usage", detail, _event_id(raw))
+
+
+def validate_input(
+    raw: dict[str, Any], where: str = "", original: bytes | None = None
+) -> UsageEvent | LedgerAdjustment | Rejected:
+    """The validate stage for anything on ``usage``: a usage event, or an adjustment (an
+    object with an ``adjustment_id``) from a replay."""
+    if "adjustment_id" not in raw:
+        return validate_usage(raw, where, original)
+    try:
+        return LedgerAdjustment.model_validate(raw)
+    except ValidationError as exc:
+        detail = (where + field_errors(exc))[:ERROR_TEXT_CHARS_MAX]
+        return Rejected(original or orjson.dumps(raw), "validate", "invalid_adjustment", detail, _event_id(raw))
+
+
+def dedup_id(raw: dict[str, Any]) -> str | None:
+    """The id that makes a record on ``usage`` a duplicate: an adjustment's id, else the
+    event's id (None when it has neither: it will be rejected)."""
+    for name in ("adjustment_id", "event_id"):
+        value = raw.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _event_id(raw: dict[str, Any]) -> str | None:

@@ -12,7 +12,7 @@ the same instant; events count in the window holding their ``occurred_at``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,19 +52,24 @@ class Crossing:
 
 @dataclass(frozen=True, slots=True)
 class ReplayOptions:
-    """What to replay: up to ``as_of``, under ``book``; ``scopes`` limits the events to
-    those charging any of them (and the result to those scopes)."""
+    """What to replay: up to ``as_of``, under ``book``. Only events that occurred in
+    ``[reprice_from, reprice_to)`` are priced anew; the others, and events the book does
+    not price, keep what the ledger charged them (never a $0 charge for a lost price).
+    ``scopes`` limits the events to those charging any of them, and the result to them."""
 
     book: PriceBook
     as_of: datetime
     trust_reported_cost: bool = False
     scopes: tuple[str, ...] = ()
+    reprice_from: datetime | None = None
+    reprice_to: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
     """Every scope's state at ``as_of`` and every crossing up to it. Per-event costs stay
-    in the connection's temp table ``replay_costs`` (event_id, status, cost_nanos)."""
+    in the connection's temp table ``replay_costs`` (event_id, status, cost_nanos: what the
+    event should cost, charged_nanos: what the ledger charged it so far)."""
 
     as_of: datetime
     book_version: str
@@ -85,19 +90,40 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
-def replay(connection: duckdb.DuckDBPyConnection, options: ReplayOptions) -> ReplayResult:
-    """Replay the store behind ``connection`` (read-only is enough: only temp tables)."""
+REPLAY_STAGES = ("events", "pricing", "commands", "windows", "states")
+
+
+def replay(
+    connection: duckdb.DuckDBPyConnection,
+    options: ReplayOptions,
+    on_stage: Callable[[str], None] = lambda stage: None,
+) -> ReplayResult:
+    """Replay the store behind ``connection`` (read-only is enough: only temp tables).
+    ``on_stage`` hears each of ``REPLAY_STAGES`` as it begins (for a progress bar)."""
     as_of_us = to_us(options.as_of)
+    on_stage("events")
     _select_events(connection, options, as_of_us)
+    on_stage("pricing")
     references = connection.execute("SELECT DISTINCT model, provider FROM replay_events").fetchall()
     connection.register("replay_rates_arrow", rates_table(options.book, references))
-    _run(connection, _PRICE_SQL, {"trust": options.trust_reported_cost})
+    _run(
+        connection,
+        _PRICE_SQL,
+        {
+            "trust": options.trust_reported_cost,
+            "from_us": None if options.reprice_from is None else to_us(options.reprice_from),
+            "to_us": None if options.reprice_to is None else to_us(options.reprice_to),
+        },
+    )
     connection.unregister("replay_rates_arrow")
 
+    on_stage("commands")
     commands = _commands(connection, options)
     states, segments = _histories(commands, options.as_of)
     _load_segments(connection, segments, options.as_of)
+    on_stage("windows")
     _run(connection, _WINDOW_SQL, {"as_of_us": as_of_us})
+    on_stage("states")
 
     window_spend: dict[tuple[str, str, int, int], int] = {}
     for scope, name, series, window_us, spend in connection.execute(
@@ -224,22 +250,37 @@ units AS (
                          reasoning_units) END)
       + coalesce(request_units, CAST(0 AS HUGEINT)) AS cost_units
     FROM tokens
+),
+priced AS (
+    SELECT event_id,
+        CASE WHEN $trust AND reported_cost_nanos IS NOT NULL THEN 'reported'
+             WHEN NOT has_usage AND NOT tokens_estimated THEN 'invalid_usage'
+             WHEN priced IS NULL OR NOT priced THEN 'unpriced'
+             ELSE 'price_book' END AS status,
+        CASE WHEN $trust AND reported_cost_nanos IS NOT NULL THEN reported_cost_nanos
+             WHEN NOT has_usage AND NOT tokens_estimated THEN NULL
+             WHEN priced IS NULL OR NOT priced THEN NULL
+             ELSE CAST(cost_units // 1000000000000000
+                       + CASE WHEN 2 * (cost_units % 1000000000000000) > 1000000000000000
+                                OR (2 * (cost_units % 1000000000000000) = 1000000000000000
+                                    AND (cost_units // 1000000000000000) % 2 = 1)
+                              THEN 1 ELSE 0 END AS BIGINT) END AS priced_nanos,
+        CASE WHEN priced THEN priced_as END AS priced_as
+    FROM units
+),
+charged AS (
+    SELECT event_id, sum(cost_nanos)::BIGINT AS charged_nanos
+    FROM ledger_entries WHERE event_id IN (SELECT event_id FROM replay_events) GROUP BY event_id
 )
-SELECT event_id,
-    CASE WHEN $trust AND reported_cost_nanos IS NOT NULL THEN 'reported'
-         WHEN NOT has_usage AND NOT tokens_estimated THEN 'invalid_usage'
-         WHEN priced IS NULL OR NOT priced THEN 'unpriced'
-         ELSE 'price_book' END AS status,
-    CASE WHEN $trust AND reported_cost_nanos IS NOT NULL THEN reported_cost_nanos
-         WHEN NOT has_usage AND NOT tokens_estimated THEN NULL
-         WHEN priced IS NULL OR NOT priced THEN NULL
-         ELSE CAST(cost_units // 1000000000000000
-                   + CASE WHEN 2 * (cost_units % 1000000000000000) > 1000000000000000
-                            OR (2 * (cost_units % 1000000000000000) = 1000000000000000
-                                AND (cost_units // 1000000000000000) % 2 = 1)
-                          THEN 1 ELSE 0 END AS BIGINT) END AS cost_nanos,
-    CASE WHEN priced THEN priced_as END AS priced_as
-FROM units;
+SELECT p.event_id,
+    CASE WHEN NOT ($from_us IS NULL OR e.t_us >= $from_us) OR NOT ($to_us IS NULL OR e.t_us < $to_us)
+              THEN 'kept' ELSE p.status END AS status,
+    CASE WHEN ($from_us IS NULL OR e.t_us >= $from_us) AND ($to_us IS NULL OR e.t_us < $to_us)
+              AND p.priced_nanos IS NOT NULL
+         THEN p.priced_nanos ELSE c.charged_nanos END AS cost_nanos,
+    c.charged_nanos,
+    p.priced_as
+FROM priced p JOIN replay_events e USING (event_id) LEFT JOIN charged c USING (event_id);
 
 CREATE OR REPLACE TEMP TABLE replay_charges AS
 SELECT e.event_id, e.t_us, e.occurred_at, e.model, c.cost_nanos, unnest(e.scope_keys) AS scope_key

@@ -131,6 +131,8 @@ def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCou
     raw_events, _ = split_usage_message(value)
     rows = []
     for raw_event in raw_events:
+        if "adjustment_id" in raw_event.raw:
+            continue  # a replay's correction: stored from ledger-entries, not an event
         event = validate_usage(raw_event.raw, raw_event.where, raw_event.original)
         if isinstance(event, Rejected):
             continue
