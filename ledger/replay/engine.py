@@ -23,7 +23,9 @@ import pyarrow as pa
 from ledger.domain.budgets import AlertKind, BudgetCommand, BudgetState, LimitState, all_fields
 from ledger.domain.fold import advance, new_state
 from ledger.domain.prices import PriceBook
-from ledger.replay.rates import rates_table
+from ledger.domain.scopes import parse_scope_key
+from ledger.replay import sql
+from ledger.replay.rates import price_intervals
 from ledger.replay.timeline import (
     CalendarRule,
     LimitSegment,
@@ -68,8 +70,8 @@ class ReplayOptions:
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
     """Every scope's state at ``as_of`` and every crossing up to it. Per-event costs stay
-    in the connection's temp table ``replay_costs`` (event_id, status, cost_nanos: what the
-    event should cost, charged_nanos: what the ledger charged it so far)."""
+    in the connection: ``replay_costs`` (row_id of ``replay_events``, status, cost_nanos:
+    what the event should cost)."""
 
     as_of: datetime
     book_version: str
@@ -104,30 +106,38 @@ def replay(
     on_stage("events")
     _select_events(connection, options, as_of_us)
     on_stage("pricing")
-    references = connection.execute("SELECT DISTINCT model, provider FROM replay_events").fetchall()
-    connection.register("replay_rates_arrow", rates_table(options.book, references))
+    references = connection.execute(
+        "SELECT model, provider, min(occurred_at), max(occurred_at) FROM replay_events GROUP BY ALL"
+    ).fetchall()
+    connection.register("replay_prices_arrow", price_intervals(options.book, references))
+    connection.execute(sql.PRICES)
+    connection.unregister("replay_prices_arrow")
     _run(
         connection,
-        _PRICE_SQL,
+        sql.COSTS,
         {
             "trust": options.trust_reported_cost,
             "from_us": None if options.reprice_from is None else to_us(options.reprice_from),
             "to_us": None if options.reprice_to is None else to_us(options.reprice_to),
         },
     )
-    connection.unregister("replay_rates_arrow")
+    connection.execute(sql.KEEP_CHARGED)
+    (negative,) = connection.execute("SELECT count(*) FROM replay_costs WHERE cost_nanos < 0").fetchall()[0]
+    if negative:
+        raise AssertionError(f"{negative} events would cost less than nothing: the ledger's entries are corrupt")
+    connection.execute(sql.CHARGED)
 
     on_stage("commands")
     commands = _commands(connection, options)
     states, segments = _histories(commands, options.as_of)
     _load_segments(connection, segments, options.as_of)
     on_stage("windows")
-    _run(connection, _WINDOW_SQL, {"as_of_us": as_of_us})
+    _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
     on_stage("states")
 
     window_spend: dict[tuple[str, str, int, int], int] = {}
     for scope, name, series, window_us, spend in connection.execute(
-        "SELECT scope_key, limit_name, series, window_us, spend_nanos FROM replay_window_spend"
+        "SELECT DISTINCT scope_key, limit_name, series, window_us, spend_nanos FROM replay_window_spend"
     ).fetchall():
         window_spend[(scope, name, series, window_us)] = spend
     crossings = frozenset(
@@ -136,7 +146,7 @@ def replay(
             "SELECT scope_key, limit_name, window_us, kind, threshold_nanos FROM replay_crossings"
         ).fetchall()
     )
-    totals = connection.execute(_TOTALS_SQL).fetchall()
+    totals = connection.execute(sql.TOTALS).fetchall()
     result_states = _states(states, segments, totals, window_spend, crossings, options)
     events, charged, unpriced = connection.execute(
         "SELECT count(*), count(*) FILTER (status IN ('price_book', 'reported')),"
@@ -163,180 +173,24 @@ def _run(connection: duckdb.DuckDBPyConnection, script: str, parameters: dict[st
 
 
 def _select_events(connection: duckdb.DuckDBPyConnection, options: ReplayOptions, as_of_us: int) -> None:
-    scope_filter = "AND list_has_any(scope_keys, $scopes)" if options.scopes else ""
-    parameters: dict[str, Any] = {"as_of_us": as_of_us}
+    """``replay_events``: a view of the events the replay counts (no copy of the store)."""
+    scope_filter = ""
     if options.scopes:
-        parameters["scopes"] = list(options.scopes)
+        connection.register("replay_scope_arrow", pa.table({"scope_key": list(options.scopes)}))
+        connection.execute("CREATE OR REPLACE TEMP TABLE replay_scopes AS SELECT * FROM replay_scope_arrow")
+        connection.unregister("replay_scope_arrow")
+        scope_filter = "AND list_has_any(scope_keys, (SELECT list(scope_key) FROM replay_scopes))"
     connection.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE replay_events AS
-        SELECT event_id, occurred_at, epoch_us(occurred_at) AS t_us,
-               CAST(timezone('UTC', occurred_at) AS DATE) AS utc_date,
-               CAST(timezone('UTC', occurred_at) AS TIME) AS utc_time, model, provider, scope_keys,
+        CREATE OR REPLACE TEMP VIEW replay_events AS
+        SELECT rowid AS row_id, event_id, occurred_at, epoch_us(occurred_at) AS t_us, model, provider,
+               user_id, team_id, key_id, end_user, tags, scope_keys,
                prompt_tokens, completion_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
                has_usage, tokens_estimated, reported_cost_nanos
         FROM usage_events
-        WHERE epoch_us(occurred_at) <= $as_of_us {scope_filter}
-        """,
-        parameters,
+        WHERE epoch_us(occurred_at) <= {int(as_of_us)} {scope_filter}
+        """
     )
-
-
-# The period in force: the last active one, else the first (ledger.domain.prices). Cost:
-# tokens x rates in 1e-24 USD, one half-to-even division to nanos (ledger.domain.pricing).
-_PRICE_SQL = """
-CREATE OR REPLACE TEMP TABLE replay_rates AS
-SELECT model, provider, period, starts_on, utc_time_from, utc_time_to, priced, priced_as,
-       CAST(input_units AS HUGEINT) AS input_units, CAST(cache_read_units AS HUGEINT) AS cache_read_units,
-       CAST(cache_write_units AS HUGEINT) AS cache_write_units, CAST(output_units AS HUGEINT) AS output_units,
-       CAST(reasoning_units AS HUGEINT) AS reasoning_units, CAST(request_units AS HUGEINT) AS request_units,
-       CAST(input_tiers AS STRUCT(start BIGINT, units HUGEINT)[]) AS input_tiers,
-       CAST(cache_read_tiers AS STRUCT(start BIGINT, units HUGEINT)[]) AS cache_read_tiers,
-       CAST(cache_write_tiers AS STRUCT(start BIGINT, units HUGEINT)[]) AS cache_write_tiers,
-       CAST(output_tiers AS STRUCT(start BIGINT, units HUGEINT)[]) AS output_tiers,
-       CAST(reasoning_tiers AS STRUCT(start BIGINT, units HUGEINT)[]) AS reasoning_tiers,
-       count(*) OVER (PARTITION BY model, provider) AS periods
-FROM replay_rates_arrow;
-
-CREATE OR REPLACE TEMP TABLE replay_costs AS
-WITH single AS (
-    SELECT e.event_id, r.*
-    FROM replay_events e JOIN replay_rates r
-      ON r.model = e.model AND r.provider IS NOT DISTINCT FROM e.provider AND r.periods = 1
-),
-several AS (
-    SELECT e.event_id, r.*
-    FROM replay_events e JOIN replay_rates r
-      ON r.model = e.model AND r.provider IS NOT DISTINCT FROM e.provider AND r.periods > 1
-    QUALIFY row_number() OVER (
-        PARTITION BY e.event_id
-        ORDER BY
-            CASE WHEN (r.starts_on IS NULL OR e.utc_date >= r.starts_on)
-                  AND (r.utc_time_from IS NULL
-                       OR (r.utc_time_to < r.utc_time_from
-                           AND (e.utc_time >= r.utc_time_from
-                                OR e.utc_time < r.utc_time_to))
-                       OR (r.utc_time_to >= r.utc_time_from
-                           AND e.utc_time >= r.utc_time_from
-                           AND e.utc_time < r.utc_time_to))
-                 THEN -r.period - 1 ELSE r.period END
-    ) = 1
-),
-chosen AS (SELECT * FROM single UNION ALL SELECT * FROM several),
-tokens AS (
-    SELECT e.event_id, e.has_usage, e.tokens_estimated, e.reported_cost_nanos, e.prompt_tokens, c.*,
-           CASE WHEN c.cache_read_units IS NULL THEN 0 ELSE e.cache_read_tokens END AS cr,
-           CASE WHEN c.cache_write_units IS NULL THEN 0 ELSE e.cache_write_tokens END AS cw,
-           CASE WHEN c.reasoning_units IS NULL THEN 0 ELSE e.reasoning_tokens END AS rs,
-           e.completion_tokens
-    FROM replay_events e LEFT JOIN chosen c USING (event_id)
-),
-units AS (
-    SELECT event_id, has_usage, tokens_estimated, reported_cost_nanos, priced, priced_as,
-        (CASE WHEN input_units IS NULL OR prompt_tokens - cr - cw = 0 THEN 0 ELSE (prompt_tokens - cr - cw)
-              * coalesce(list_last(list_filter(input_tiers, lambda x: prompt_tokens > x.start)).units,
-                         input_units) END)
-      + (CASE WHEN cache_read_units IS NULL OR cr = 0 THEN 0 ELSE cr
-              * coalesce(list_last(list_filter(cache_read_tiers, lambda x: prompt_tokens > x.start)).units,
-                         cache_read_units) END)
-      + (CASE WHEN cache_write_units IS NULL OR cw = 0 THEN 0 ELSE cw
-              * coalesce(list_last(list_filter(cache_write_tiers, lambda x: prompt_tokens > x.start)).units,
-                         cache_write_units) END)
-      + (CASE WHEN output_units IS NULL OR completion_tokens - rs = 0 THEN 0 ELSE (completion_tokens - rs)
-              * coalesce(list_last(list_filter(output_tiers, lambda x: prompt_tokens > x.start)).units,
-                         output_units) END)
-      + (CASE WHEN reasoning_units IS NULL OR rs = 0 THEN 0 ELSE rs
-              * coalesce(list_last(list_filter(reasoning_tiers, lambda x: prompt_tokens > x.start)).units,
-                         reasoning_units) END)
-      + coalesce(request_units, CAST(0 AS HUGEINT)) AS cost_units
-    FROM tokens
-),
-priced AS (
-    SELECT event_id,
-        CASE WHEN $trust AND reported_cost_nanos IS NOT NULL THEN 'reported'
-             WHEN NOT has_usage AND NOT tokens_estimated THEN 'invalid_usage'
-             WHEN priced IS NULL OR NOT priced THEN 'unpriced'
-             ELSE 'price_book' END AS status,
-        CASE WHEN $trust AND reported_cost_nanos IS NOT NULL THEN reported_cost_nanos
-             WHEN NOT has_usage AND NOT tokens_estimated THEN NULL
-             WHEN priced IS NULL OR NOT priced THEN NULL
-             ELSE CAST(cost_units // 1000000000000000
-                       + CASE WHEN 2 * (cost_units % 1000000000000000) > 1000000000000000
-                                OR (2 * (cost_units % 1000000000000000) = 1000000000000000
-                                    AND (cost_units // 1000000000000000) % 2 = 1)
-                              THEN 1 ELSE 0 END AS BIGINT) END AS priced_nanos,
-        CASE WHEN priced THEN priced_as END AS priced_as
-    FROM units
-),
-charged AS (
-    SELECT event_id, sum(cost_nanos)::BIGINT AS charged_nanos
-    FROM ledger_entries WHERE event_id IN (SELECT event_id FROM replay_events) GROUP BY event_id
-)
-SELECT p.event_id,
-    CASE WHEN NOT ($from_us IS NULL OR e.t_us >= $from_us) OR NOT ($to_us IS NULL OR e.t_us < $to_us)
-              THEN 'kept' ELSE p.status END AS status,
-    CASE WHEN ($from_us IS NULL OR e.t_us >= $from_us) AND ($to_us IS NULL OR e.t_us < $to_us)
-              AND p.priced_nanos IS NOT NULL
-         THEN p.priced_nanos ELSE c.charged_nanos END AS cost_nanos,
-    c.charged_nanos,
-    p.priced_as
-FROM priced p JOIN replay_events e USING (event_id) LEFT JOIN charged c USING (event_id);
-
-CREATE OR REPLACE TEMP TABLE replay_charges AS
-SELECT e.event_id, e.t_us, e.occurred_at, e.model, c.cost_nanos, unnest(e.scope_keys) AS scope_key
-FROM replay_events e JOIN replay_costs c USING (event_id)
-WHERE c.cost_nanos IS NOT NULL;
-"""
-
-_TOTALS_SQL = """
-SELECT scope_key, sum(cost_nanos)::BIGINT, count(*), max(occurred_at)
-FROM replay_charges GROUP BY scope_key
-"""
-
-# Each charge in the limit segment holding its time, in the window holding it; the
-# points where a changed limit is checked at the command's own time; running spend per
-# window; where it passed a threshold. A command comes before a charge at the same instant.
-_WINDOW_SQL = """
-CREATE OR REPLACE TEMP TABLE replay_points AS
-WITH placed AS (
-    SELECT s.scope_key, s.limit_name, s.series, s.anchor_us, s.step_us, s.rule_id, s.max_nanos, s.soft_nanos,
-           c.t_us, 1 AS ord, c.event_id, c.cost_nanos
-    FROM replay_charges c JOIN replay_segments s
-      ON c.scope_key = s.scope_key AND c.t_us >= s.start_us AND c.t_us < s.end_us
-     AND (s.model IS NULL OR s.model = c.model)
-    UNION ALL
-    SELECT scope_key, limit_name, series, anchor_us, step_us, rule_id, max_nanos, soft_nanos,
-           start_us, 0, '', 0
-    FROM replay_segments WHERE checks_at_start AND start_us <= $as_of_us
-),
-fixed AS (
-    SELECT p.*,
-           CASE WHEN step_us IS NULL THEN anchor_us
-                ELSE anchor_us + ((t_us - anchor_us) // step_us) * step_us END AS window_us
-    FROM placed p WHERE rule_id IS NULL
-),
-calendar AS (
-    SELECT p.*, greatest(p.anchor_us, b.start_us) AS window_us
-    FROM (SELECT * FROM placed WHERE rule_id IS NOT NULL) p
-    ASOF JOIN replay_boundaries b ON p.rule_id = b.rule_id AND p.t_us >= b.start_us
-)
-SELECT *, sum(cost_nanos) OVER (
-        PARTITION BY scope_key, limit_name, series, window_us
-        ORDER BY t_us, ord, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-    ) AS running_nanos
-FROM (SELECT * FROM fixed UNION ALL SELECT * FROM calendar);
-
-CREATE OR REPLACE TEMP TABLE replay_window_spend AS
-SELECT scope_key, limit_name, series, window_us, sum(cost_nanos)::BIGINT AS spend_nanos
-FROM replay_points GROUP BY ALL;
-
-CREATE OR REPLACE TEMP TABLE replay_crossings AS
-SELECT DISTINCT scope_key, limit_name, window_us, 'exceeded' AS kind, max_nanos AS threshold_nanos
-FROM replay_points WHERE max_nanos IS NOT NULL AND running_nanos > max_nanos
-UNION
-SELECT DISTINCT scope_key, limit_name, window_us, 'soft-threshold', soft_nanos
-FROM replay_points WHERE soft_nanos IS NOT NULL AND running_nanos >= soft_nanos;
-"""
 
 
 def _commands(connection: duckdb.DuckDBPyConnection, options: ReplayOptions) -> list[BudgetCommand]:
@@ -361,15 +215,47 @@ def _histories(commands: Sequence[BudgetCommand], as_of: datetime) -> tuple[dict
     return states, segments
 
 
+_SEGMENTS_SCHEMA = pa.schema(
+    [
+        ("segment_id", pa.int64()),
+        ("scope_key", pa.string()),
+        ("scope_kind", pa.string()),
+        ("scope_id", pa.string()),
+        ("limit_name", pa.string()),
+        ("series", pa.int64()),
+        ("start_us", pa.int64()),
+        ("end_us", pa.int64()),
+        ("anchor_us", pa.int64()),
+        ("step_us", pa.int64()),
+        ("rule_id", pa.int64()),
+        ("model", pa.string()),
+        ("max_nanos", pa.int64()),
+        ("soft_nanos", pa.int64()),
+        ("checks_at_start", pa.bool_()),
+    ]
+)
+_BOUNDARIES_SCHEMA = pa.schema(
+    [("rule_id", pa.int64()), ("utc_day", pa.int64()), ("start_us", pa.int64()), ("end_us", pa.int64())]
+)
+_DAY_US = 86_400 * 1_000_000
+
+
 def _load_segments(connection: duckdb.DuckDBPyConnection, segments: list[LimitSegment], as_of: datetime) -> None:
+    """``replay_segments`` and, for calendar durations, ``replay_boundaries``: each
+    calendar period once per UTC day it touches, so a charge finds its period by a join on
+    (rule, day) (periods are at least 23 hours long: at most two candidates a day)."""
     rules: dict[CalendarRule, int] = {}
     rows = []
-    for segment in segments:
+    for segment_id, segment in enumerate(segments):
         rule = calendar_rule(segment.spec)
         step = fixed_step(segment.spec)
+        kind, scope_id = parse_scope_key(segment.scope_key)
         rows.append(
             {
+                "segment_id": segment_id,
                 "scope_key": segment.scope_key,
+                "scope_kind": kind,
+                "scope_id": scope_id,
                 "limit_name": segment.limit_name,
                 "series": segment.series,
                 "start_us": to_us(segment.starts_at),
@@ -383,40 +269,20 @@ def _load_segments(connection: duckdb.DuckDBPyConnection, segments: list[LimitSe
                 "checks_at_start": segment.checks_at_start,
             }
         )
-    schema = pa.schema(
-        [
-            ("scope_key", pa.string()),
-            ("limit_name", pa.string()),
-            ("series", pa.int64()),
-            ("start_us", pa.int64()),
-            ("end_us", pa.int64()),
-            ("anchor_us", pa.int64()),
-            ("step_us", pa.int64()),
-            ("rule_id", pa.int64()),
-            ("model", pa.string()),
-            ("max_nanos", pa.int64()),
-            ("soft_nanos", pa.int64()),
-            ("checks_at_start", pa.bool_()),
-        ]
-    )
-    connection.register("replay_segments_arrow", pa.Table.from_pylist(rows, schema=schema))
+    connection.register("replay_segments_arrow", pa.Table.from_pylist(rows, schema=_SEGMENTS_SCHEMA))
     connection.execute("CREATE OR REPLACE TEMP TABLE replay_segments AS SELECT * FROM replay_segments_arrow")
     connection.unregister("replay_segments_arrow")
 
     boundary_rows = []
     if rules:
-        (first,) = connection.execute("SELECT min(t_us) FROM replay_charges").fetchall()
-        starts = [segment.anchor for segment in segments]
-        if first is not None and first[0] is not None:
-            starts.append(from_us(first[0]))
-        earliest = min(starts)
+        (first,) = connection.execute("SELECT min(occurred_at) FROM replay_events").fetchall()[0]
+        earliest = min([segment.anchor for segment in segments] + ([first] if first is not None else []))
         for rule, rule_id in rules.items():
             for start, end in calendar_boundaries(rule, earliest, as_of):
-                boundary_rows.append({"rule_id": rule_id, "start_us": to_us(start), "end_us": to_us(end)})
-    boundaries = pa.Table.from_pylist(
-        boundary_rows, schema=pa.schema([("rule_id", pa.int64()), ("start_us", pa.int64()), ("end_us", pa.int64())])
-    )
-    connection.register("replay_boundaries_arrow", boundaries)
+                start_us, end_us = to_us(start), to_us(end)
+                for day in range(start_us // _DAY_US, (end_us - 1) // _DAY_US + 1):
+                    boundary_rows.append({"rule_id": rule_id, "utc_day": day, "start_us": start_us, "end_us": end_us})
+    connection.register("replay_boundaries_arrow", pa.Table.from_pylist(boundary_rows, schema=_BOUNDARIES_SCHEMA))
     connection.execute("CREATE OR REPLACE TEMP TABLE replay_boundaries AS SELECT * FROM replay_boundaries_arrow")
     connection.unregister("replay_boundaries_arrow")
 
@@ -445,7 +311,7 @@ def _states(
             limits=(),
             total_spend_nanos=int(total),
             entry_count=int(count),
-            last_occurred_at=last,
+            last_occurred_at=from_us(last),
         )
     for scope, command_state in command_states.items():
         base = states.get(scope) or new_state(scope)

@@ -1,9 +1,11 @@
-"""A price book as a table the SQL replay joins events to.
+"""A price book as intervals the SQL replay joins events to.
 
 Which entry of a book a model name lands on is decided by ``PriceIndex.resolve`` (the one
 implementation, with its overrides, provider rules and fallbacks), once per distinct
-(model, provider) of the store. What remains is arithmetic, done in SQL: the period in
-force at the event's time, the tier for its prompt size, tokens times rates.
+(model, provider) in the store; which of a model's periods is in force at a moment by
+``ModelPrices.rates_at``, evaluated at every point where its answer can change (midnights,
+the start dates and the daily time windows of its periods). What remains is arithmetic,
+done in SQL: the tier for the prompt size, tokens times rates.
 
 Rates are integers: 1e-18 USD per million tokens (as ``ledger.domain.pricing``), and
 1e-24 USD per request, carried as DECIMAL(38, 0) (they may exceed 64 bits).
@@ -12,26 +14,28 @@ Rates are integers: 1e-18 USD per million tokens (as ``ledger.domain.pricing``),
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 
-from ledger.domain.prices import PriceBook, RateValue, TieredRate, TokenRates
+from ledger.domain.prices import ModelPrices, PriceBook, RateValue, TieredRate, TokenRates
 
 _TOKENS_PER_MTOK = 10**6
 _UNITS = pa.decimal128(38, 0)
 _TIERS = pa.list_(pa.struct([("start", pa.int64()), ("units", _UNITS)]))
 RATE_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FOREVER_US = 2**62
 
-RATES_SCHEMA = pa.schema(
+PRICES_SCHEMA = pa.schema(
     [
         ("model", pa.string()),
-        ("provider", pa.string()),
-        ("period", pa.int32()),
-        ("starts_on", pa.date32()),
-        ("utc_time_from", pa.time64("us")),
-        ("utc_time_to", pa.time64("us")),
+        ("provider_key", pa.string()),  # the provider, or "" (no valid provider is empty)
+        ("start_us", pa.int64()),
+        ("end_us", pa.int64()),
+        ("single", pa.bool_()),  # one interval covers all time: a plain join finds it
         ("priced", pa.bool_()),
         ("priced_as", pa.string()),
         *((f"{kind}_units", _UNITS) for kind in RATE_KINDS),
@@ -47,60 +51,74 @@ def _units(rate: Decimal) -> int:
     return int(scaled)
 
 
-def _rate_columns(rate: RateValue | None) -> tuple[Decimal | None, list[dict[str, Any]]]:
+def _rate_columns(rate: RateValue | None) -> tuple[Decimal | None, list[dict[str, Any]] | None]:
     if rate is None:
-        return None, []
+        return None, None
     if isinstance(rate, TieredRate):
         tiers = [{"start": tier.start, "units": Decimal(_units(tier.price))} for tier in rate.tiers]
         return Decimal(_units(rate.base)), tiers
-    return Decimal(_units(rate)), []
+    return Decimal(_units(rate)), None
 
 
-def _row(
-    model: str, provider: str | None, period: int, priced_as: str, rates: TokenRates, **when: Any
-) -> dict[str, Any]:
+def _row(model: str, provider: str | None, span: tuple[int, int], priced_as: str, rates: TokenRates) -> dict[str, Any]:
     row: dict[str, Any] = {
         "model": model,
-        "provider": provider,
-        "period": period,
-        "starts_on": when.get("starts_on"),
-        "utc_time_from": when.get("utc_time_from"),
-        "utc_time_to": when.get("utc_time_to"),
+        "provider_key": provider or "",
+        "start_us": span[0],
+        "end_us": span[1],
+        "single": span == (-FOREVER_US, FOREVER_US),
         "priced": rates.is_priced,
         "priced_as": priced_as,
         "request_units": None if rates.request_usd is None else Decimal(_units(rates.request_usd) * _TOKENS_PER_MTOK),
     }
     for kind in RATE_KINDS:
-        units, tiers = _rate_columns(getattr(rates, f"{kind}_mtok"))
-        row[f"{kind}_units"] = units
-        row[f"{kind}_tiers"] = tiers
+        row[f"{kind}_units"], row[f"{kind}_tiers"] = _rate_columns(getattr(rates, f"{kind}_mtok"))
     return row
 
 
-def rates_table(book: PriceBook, references: Iterable[tuple[str, str | None]]) -> pa.Table:
-    """One row per price period of each (model, provider) the book prices; a reference
-    the book does not price has no row (its events are unpriced)."""
+def _to_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _change_points(model: ModelPrices, first: datetime, last: datetime) -> list[datetime]:
+    """Every moment in [first, last] where ``model.rates_at`` may change its answer."""
+    day = first.astimezone(UTC).date()
+    points = {first}
+    while day <= last.astimezone(UTC).date():
+        points.add(datetime.combine(day, time(), UTC))
+        for period in model.periods:
+            for moment in (period.utc_time_from, period.utc_time_to):
+                if moment is not None:
+                    points.add(datetime.combine(day, moment, UTC))
+        day += timedelta(days=1)
+    return sorted(point for point in points if first <= point <= last)
+
+
+def price_intervals(book: PriceBook, references: Iterable[tuple[str, str | None, datetime, datetime]]) -> pa.Table:
+    """Rows of (model, provider, [start_us, end_us), rates) covering each reference's
+    events between its first and last time; a reference the book does not price has no
+    row (its events are unpriced)."""
     rows = []
-    for model, provider in references:
+    for model, provider, first, last in references:
         resolved = book.index.resolve(model, provider)
         if resolved is None:
             continue
         priced_as = f"{resolved.provider_id or '-'}/{resolved.model_id}"
-        if resolved.override is not None:
-            rows.append(_row(model, provider, 0, priced_as, resolved.override.rates))
+        if resolved.override is not None or (resolved.model is not None and len(resolved.model.periods) == 1):
+            rates = resolved.rates_at(first)
+            rows.append(_row(model, provider, (-FOREVER_US, FOREVER_US), priced_as, rates))
             continue
         assert resolved.model is not None
-        for index, period in enumerate(resolved.model.periods):
-            rows.append(
-                _row(
-                    model,
-                    provider,
-                    index,
-                    priced_as,
-                    period.rates,
-                    starts_on=period.starts_on,
-                    utc_time_from=period.utc_time_from,
-                    utc_time_to=period.utc_time_to,
-                )
-            )
-    return pa.Table.from_pylist(rows, schema=RATES_SCHEMA)
+        points = _change_points(resolved.model, first, last)
+        spans: list[tuple[int, int, TokenRates]] = []
+        for point in points:
+            rates = resolved.model.rates_at(point)
+            if spans and spans[-1][2] is rates:
+                continue
+            if spans:
+                spans[-1] = (spans[-1][0], _to_us(point), spans[-1][2])
+            spans.append((_to_us(point), FOREVER_US, rates))
+        for start_us, end_us, rates in spans:
+            rows.append(_row(model, provider, (start_us, end_us), priced_as, rates))
+    return pa.Table.from_pylist(rows, schema=PRICES_SCHEMA)

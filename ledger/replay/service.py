@@ -142,10 +142,13 @@ def planned_adjustments(connection: duckdb.DuckDBPyConnection, result: ReplayRes
     (read from the ``replay_costs`` the replay left in ``connection``)."""
     rows = connection.execute(
         """
+        WITH charged AS (
+            SELECT event_id, sum(cost_nanos)::BIGINT AS charged_nanos FROM ledger_entries GROUP BY event_id
+        )
         SELECT e.event_id, e.occurred_at, e.model, e.provider, e.scope_keys, c.cost_nanos,
-               coalesce(c.charged_nanos, 0)
-        FROM replay_costs c JOIN replay_events e USING (event_id)
-        WHERE c.cost_nanos IS NOT NULL AND c.cost_nanos != coalesce(c.charged_nanos, 0)
+               coalesce(ch.charged_nanos, 0)
+        FROM replay_costs c JOIN replay_events e USING (row_id) LEFT JOIN charged ch ON ch.event_id = e.event_id
+        WHERE c.cost_nanos IS NOT NULL AND c.cost_nanos != coalesce(ch.charged_nanos, 0)
         ORDER BY e.occurred_at, e.event_id
         """
     ).fetchall()

@@ -1,0 +1,95 @@
+"""From topic records to store rows, and appending them: what is stored, what is skipped,
+and that appending the same rows again adds nothing."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from ledger.domain.adjustments import LedgerAdjustment, adjustment_id
+from ledger.domain.wire import DeadLetter
+from ledger.store.records import StoreRows, dead_letter_row, entry_rows, usage_rows
+from ledger.store.schema import open_store
+from ledger.store.writer import append, stored_offsets
+
+AT = "2025-11-03T09:00:00+00:00"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_usage_rows_keep_valid_events_with_their_token_counts_and_skip_the_rest() -> None:
+    batch = {
+        "batch_id": "b1",
+        "events": [
+            {"event_id": "e1", "occurred_at": AT, "model": "gpt-4o", "user_id": "u", "tags": ["p"],
+             "usage": {"prompt_tokens": 10, "completion_tokens": 2}},
+            {"event_id": "e2", "occurred_at": AT, "model": "gpt-4o", "input_text": "three words here"},
+            {"event_id": "e3", "occurred_at": AT, "model": "gpt-4o", "usage": {"prompt_tokens": -1}},
+            {"adjustment_id": "adj-1", "event_id": "e1", "occurred_at": AT, "model": "gpt-4o",
+             "scope_keys": ["global:*"], "cost_nanos": 5},
+            "not an object",
+        ],
+    }  # fmt: skip
+    rows = usage_rows(orjson.dumps(batch), partition=2, offset=40, count_tokens=words)
+    assert [row[0] for row in rows] == ["e1", "e2"]  # invalid, adjustment and non-object skipped
+    e1, e2 = rows
+    assert e1[8:11] == (["p"], ["global:*", "user:u", "tag:p"], 10)
+    assert (e1[15], e1[16]) == (True, False)
+    assert (e2[10], e2[11], e2[15], e2[16]) == (3, 0, False, True)  # counted from its text
+    assert (e1[-2], e1[-1]) == (2, 40)
+
+
+def test_a_dead_letter_has_the_same_id_each_time_the_worker_writes_it() -> None:
+    letter = DeadLetter(
+        source_topic="usage",
+        source_partition=1,
+        source_offset=7,
+        original_value_b64=base64.b64encode(b"{").decode(),
+        stage="decode",
+        reason="malformed_json",
+        detail="not JSON",
+    )
+    first = dead_letter_row(letter.model_dump_json().encode())
+    again = dead_letter_row(letter.model_dump_json().encode())
+    other = dead_letter_row(letter.model_copy(update={"source_offset": 8}).model_dump_json().encode())
+    ids = [row[0] for row in (first, again, other) if row is not None]
+    assert len(ids) == 3
+    assert ids[0] == ids[1] != ids[2]
+    assert dead_letter_row(b"garbage") is None
+
+
+def test_appending_the_same_rows_twice_stores_them_once_and_moves_the_offsets(tmp_path: Path) -> None:
+    connection = open_store(tmp_path / "ledger.duckdb")
+    entries = {
+        "batch_id": "usage/0/1",
+        "entries": [
+            {"entry_id": "e1", "event_id": "e1", "occurred_at": AT, "model": "gpt-4o", "scope_keys": ["global:*"],
+             "cost_nanos": 12, "cost_source": "price_book", "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+        ],
+    }  # fmt: skip
+    rows = StoreRows()
+    rows.tables["ledger_entries"].extend(entry_rows(orjson.dumps(entries)))
+    append(connection, rows, {("ledger-entries", 0): 5})
+    append(connection, rows, {("ledger-entries", 0): 6})
+    assert connection.execute("SELECT count(*), sum(cost_nanos) FROM ledger_entries").fetchone() == (1, 12)
+    assert stored_offsets(connection) == {("ledger-entries", 0): 6}
+
+
+def test_an_adjustment_id_names_the_correction_it_makes() -> None:
+    first = adjustment_id("e1", 100, 150, "sha256:book")
+    assert first == adjustment_id("e1", 100, 150, "sha256:book")
+    assert first != adjustment_id("e1", 150, 150 + 50, "sha256:book")
+    adjustment = LedgerAdjustment(
+        adjustment_id=first,
+        event_id="e1",
+        occurred_at=datetime(2025, 11, 3, tzinfo=UTC),
+        model="gpt-4o",
+        scope_keys=("global:*", "team:t"),
+        cost_nanos=-50,
+    )
+    assert adjustment.cost_nanos == -50
