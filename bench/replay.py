@@ -135,7 +135,7 @@ def _peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--path", type=Path, help="store file to create (default: a temporary one)")
+    parser.add_argument("--path", type=Path, help="store file to create, or to reuse if it exists (default: temporary)")
     parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate_only:
@@ -144,13 +144,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as folder:
         path = args.path or Path(folder) / "ledger.duckdb"
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "bench.replay", "--generate-only", f"--events={args.events}", f"--path={path}"],
-            check=True,
-        )
-        generate_s = time.perf_counter() - started
-        print(f"generated {args.events} events in {generate_s:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
+        if path.exists():
+            print(f"reusing {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+        else:
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "bench.replay", "--generate-only", f"--events={args.events}", f"--path={path}"],
+                check=True,
+            )
+            generate_s = time.perf_counter() - started
+            print(f"generated {args.events} events in {generate_s:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
 
         book = genai_prices_book().with_overrides(
             (PriceOverride(model="gpt-4o-mini", rates=TokenRates(input_mtok=Decimal("0.12"), output_mtok=Decimal(1))),),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -41,8 +41,7 @@ _LIMIT_FIELDS = all_fields(LimitState)
 _NO_END_US = 2**62
 
 
-@dataclass(frozen=True, slots=True)
-class Crossing:
+class Crossing(NamedTuple):
     """A threshold crossed in a window: what the live side alerts once per window."""
 
     scope_key: str
@@ -117,11 +116,20 @@ def replay(
         sql.COSTS,
         {
             "trust": options.trust_reported_cost,
+            "as_of_us": as_of_us,
+            "filter_scopes": bool(options.scopes),
             "from_us": None if options.reprice_from is None else to_us(options.reprice_from),
             "to_us": None if options.reprice_to is None else to_us(options.reprice_to),
         },
     )
-    connection.execute(sql.KEEP_CHARGED)
+    (misaligned,) = connection.execute(sql.ALIGNED).fetchall()[0]
+    if misaligned:
+        raise AssertionError(f"replay_costs lost the order of usage_events ({misaligned} rows): a DuckDB change?")
+    (unpriced_now,) = connection.execute(
+        "SELECT count(*) FROM replay_costs WHERE cost_nanos IS NULL AND status != 'not_counted'"
+    ).fetchall()[0]
+    if unpriced_now:
+        connection.execute(sql.KEEP_CHARGED)
     (negative,) = connection.execute("SELECT count(*) FROM replay_costs WHERE cost_nanos < 0").fetchall()[0]
     if negative:
         raise AssertionError(f"{negative} events would cost less than nothing: the ledger's entries are corrupt")
@@ -132,12 +140,20 @@ def replay(
     states, segments = _histories(commands, options.as_of)
     _load_segments(connection, segments, options.as_of)
     on_stage("windows")
-    _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
+    connection.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    try:
+        _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
+    finally:
+        connection.execute("RESET disabled_optimizers")
     on_stage("states")
 
     window_spend: dict[tuple[str, str, int, int], int] = {}
     for scope, name, series, window_us, spend in connection.execute(
-        "SELECT DISTINCT scope_key, limit_name, series, window_us, spend_nanos FROM replay_window_spend"
+        "SELECT DISTINCT w.scope_key, w.limit_name, w.series, w.window_us, w.spend_nanos"
+        " FROM replay_window_spend w"
+        " SEMI JOIN (SELECT scope_key, limit_name, series FROM replay_segments WHERE end_us = $no_end) current"
+        " ON current.scope_key = w.scope_key AND current.limit_name = w.limit_name AND current.series = w.series",
+        {"no_end": _NO_END_US},
     ).fetchall():
         window_spend[(scope, name, series, window_us)] = spend
     crossings = frozenset(
@@ -149,7 +165,7 @@ def replay(
     totals = connection.execute(sql.TOTALS).fetchall()
     result_states = _states(states, segments, totals, window_spend, crossings, options)
     events, charged, unpriced = connection.execute(
-        "SELECT count(*), count(*) FILTER (status IN ('price_book', 'reported')),"
+        "SELECT count(*) FILTER (status != 'not_counted'), count(*) FILTER (status IN ('price_book', 'reported')),"
         " count(*) FILTER (status = 'unpriced') FROM replay_costs"
     ).fetchone() or (0, 0, 0)
     return ReplayResult(
@@ -174,11 +190,11 @@ def _run(connection: duckdb.DuckDBPyConnection, script: str, parameters: dict[st
 
 def _select_events(connection: duckdb.DuckDBPyConnection, options: ReplayOptions, as_of_us: int) -> None:
     """``replay_events``: a view of the events the replay counts (no copy of the store)."""
+    connection.register("replay_scope_arrow", pa.table({"scope_key": pa.array(list(options.scopes), pa.string())}))
+    connection.execute("CREATE OR REPLACE TEMP TABLE replay_scopes AS SELECT * FROM replay_scope_arrow")
+    connection.unregister("replay_scope_arrow")
     scope_filter = ""
     if options.scopes:
-        connection.register("replay_scope_arrow", pa.table({"scope_key": list(options.scopes)}))
-        connection.execute("CREATE OR REPLACE TEMP TABLE replay_scopes AS SELECT * FROM replay_scope_arrow")
-        connection.unregister("replay_scope_arrow")
         scope_filter = "AND list_has_any(scope_keys, (SELECT list(scope_key) FROM replay_scopes))"
     connection.execute(
         f"""
@@ -298,10 +314,15 @@ def _states(
     current_series = {
         (segment.scope_key, segment.limit_name): segment.series for segment in segments if segment.ends_at is None
     }
-    crossed: dict[tuple[str, str, datetime], list[tuple[AlertKind, int]]] = {}
-    for crossing in sorted(crossings, key=lambda c: (c.kind, c.threshold_nanos)):
-        key = (crossing.scope_key, crossing.limit_name, crossing.window_start)
-        crossed.setdefault(key, []).append((crossing.kind, crossing.threshold_nanos))
+    crossed: dict[tuple[str, str, datetime], list[tuple[AlertKind, int]]] = {
+        (scope, limit.spec.limit_name, limit.window_start): []
+        for scope, state in command_states.items()
+        for limit in state.limits
+    }
+    for crossing in crossings:  # only the current windows' crossings go into the states
+        found = crossed.get((crossing.scope_key, crossing.limit_name, crossing.window_start))
+        if found is not None:
+            found.append((crossing.kind, crossing.threshold_nanos))
     states: dict[str, BudgetState] = {}
     for scope, total, count, last in totals:
         states[scope] = BudgetState.model_construct(
@@ -328,7 +349,7 @@ def _states(
                     window_start=limit.window_start,
                     window_end=limit.window_end,
                     spend_nanos=spend,
-                    alerted=tuple(crossed.get((scope, name, limit.window_start), ())),
+                    alerted=tuple(sorted(crossed[(scope, name, limit.window_start)])),
                 )
             )
         states[scope] = BudgetState.model_construct(

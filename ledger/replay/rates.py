@@ -33,9 +33,9 @@ PRICES_SCHEMA = pa.schema(
     [
         ("model", pa.string()),
         ("provider_key", pa.string()),  # the provider, or "" (no valid provider is empty)
+        ("utc_day", pa.int64()),  # one row per UTC day an interval touches: events join on their day
         ("start_us", pa.int64()),
         ("end_us", pa.int64()),
-        ("single", pa.bool_()),  # one interval covers all time: a plain join finds it
         ("priced", pa.bool_()),
         ("priced_as", pa.string()),
         *((f"{kind}_units", _UNITS) for kind in RATE_KINDS),
@@ -64,9 +64,9 @@ def _row(model: str, provider: str | None, span: tuple[int, int], priced_as: str
     row: dict[str, Any] = {
         "model": model,
         "provider_key": provider or "",
+        "utc_day": None,
         "start_us": span[0],
         "end_us": span[1],
-        "single": span == (-FOREVER_US, FOREVER_US),
         "priced": rates.is_priced,
         "priced_as": priced_as,
         "request_units": None if rates.request_usd is None else Decimal(_units(rates.request_usd) * _TOKENS_PER_MTOK),
@@ -95,30 +95,46 @@ def _change_points(model: ModelPrices, first: datetime, last: datetime) -> list[
     return sorted(point for point in points if first <= point <= last)
 
 
+_DAY_US = 86_400 * 1_000_000
+
+
+def _per_day(row: dict[str, Any], first_us: int, last_us: int) -> list[dict[str, Any]]:
+    """The row once per UTC day its interval touches within [first_us, last_us]."""
+    start, end = max(row["start_us"], first_us), min(row["end_us"], last_us + 1)
+    return [{**row, "utc_day": day} for day in range(start // _DAY_US, (end - 1) // _DAY_US + 1)]
+
+
 def price_intervals(book: PriceBook, references: Iterable[tuple[str, str | None, datetime, datetime]]) -> pa.Table:
-    """Rows of (model, provider, [start_us, end_us), rates) covering each reference's
-    events between its first and last time; a reference the book does not price has no
-    row (its events are unpriced)."""
-    rows = []
+    """Rows of (model, provider, UTC day, [start_us, end_us), rates) covering each
+    reference's events between its first and last time; a reference the book does not
+    price has no row (its events are unpriced)."""
+    rows: list[dict[str, Any]] = []
     for model, provider, first, last in references:
-        resolved = book.index.resolve(model, provider)
-        if resolved is None:
-            continue
-        priced_as = f"{resolved.provider_id or '-'}/{resolved.model_id}"
-        if resolved.override is not None or (resolved.model is not None and len(resolved.model.periods) == 1):
-            rates = resolved.rates_at(first)
-            rows.append(_row(model, provider, (-FOREVER_US, FOREVER_US), priced_as, rates))
-            continue
-        assert resolved.model is not None
-        points = _change_points(resolved.model, first, last)
-        spans: list[tuple[int, int, TokenRates]] = []
-        for point in points:
-            rates = resolved.model.rates_at(point)
-            if spans and spans[-1][2] is rates:
-                continue
-            if spans:
-                spans[-1] = (spans[-1][0], _to_us(point), spans[-1][2])
-            spans.append((_to_us(point), FOREVER_US, rates))
-        for start_us, end_us, rates in spans:
-            rows.append(_row(model, provider, (start_us, end_us), priced_as, rates))
+        rows.extend(
+            day_row
+            for row in _intervals(book, model, provider, first, last)
+            for day_row in _per_day(row, _to_us(first), _to_us(last))
+        )
     return pa.Table.from_pylist(rows, schema=PRICES_SCHEMA)
+
+
+def _intervals(
+    book: PriceBook, model: str, provider: str | None, first: datetime, last: datetime
+) -> list[dict[str, Any]]:
+    """One reference's rates as intervals over [first, last] (none: unpriced)."""
+    resolved = book.index.resolve(model, provider)
+    if resolved is None:
+        return []
+    priced_as = f"{resolved.provider_id or '-'}/{resolved.model_id}"
+    if resolved.override is not None or (resolved.model is not None and len(resolved.model.periods) == 1):
+        return [_row(model, provider, (-FOREVER_US, FOREVER_US), priced_as, resolved.rates_at(first))]
+    assert resolved.model is not None
+    spans: list[tuple[int, int, TokenRates]] = []
+    for point in _change_points(resolved.model, first, last):
+        rates = resolved.model.rates_at(point)
+        if spans and spans[-1][2] is rates:
+            continue
+        if spans:
+            spans[-1] = (spans[-1][0], _to_us(point), spans[-1][2])
+        spans.append((_to_us(point), FOREVER_US, rates))
+    return [_row(model, provider, (start_us, end_us), priced_as, rates) for start_us, end_us, rates in spans]

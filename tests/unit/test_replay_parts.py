@@ -58,12 +58,13 @@ def test_a_model_with_an_off_peak_period_gets_an_interval_per_change() -> None:
     table = price_intervals(book, [("m", None, first, first + timedelta(days=2)), ("gone", None, first, first)])
     rows = table.to_pylist()
     assert {row["model"] for row in rows} == {"m"}  # an unpriced reference has no interval
-    spans = [(row["start_us"], row["input_units"]) for row in rows]
+    spans = sorted({(row["start_us"], row["input_units"]) for row in rows})  # rows repeat per UTC day
     hours = [(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=start) - first) / timedelta(hours=1)
              for start, _ in spans]  # fmt: skip
     assert hours == [0, 10, 12]  # 12:00 standard, 22:00 off-peak, midnight of the 6th: the new price for good
     assert [int(units) // 10**18 for _, units in spans] == [2, 1, 3]
-    assert rows[-1]["end_us"] == FOREVER_US
+    assert max(row["end_us"] for row in rows) == FOREVER_US
+    assert sorted({row["utc_day"] for row in rows}) == [20458, 20459, 20460]  # the 5th, 6th and 7th
 
 
 def test_the_equality_check_names_each_differing_field() -> None:

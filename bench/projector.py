@@ -1,0 +1,124 @@
+"""Projector benchmark: topics into DuckDB, on the embedded broker.
+
+    python -m bench.projector [--events 300000]
+
+Publishes N synthetic events (bench.live's generator) to ``usage`` in 1,000-event batches,
+and their ledger entries to ``ledger-entries`` as the worker writes them. In the same run
+a plain aiokafka consumer reads and JSON-decodes every message of both topics (the
+baseline of the ratio); then the projector reads both into a fresh DuckDB file until
+caught up, validating each usage event as it stores it. The last line printed is JSON;
+events_per_s counts usage events (each also arrives as a ledger entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.live import synthetic_events
+from ledger.broker import EmbeddedBroker
+from ledger.domain.events import UsageEvent
+from ledger.domain.pricing import LedgerEntryBatch, price_event
+from ledger.kafka import client_options, ensure_topics
+from ledger.pricebooks.genai import genai_prices_book
+from ledger.publishing import usage_messages
+from ledger.settings import Settings
+from ledger.store.projector import Projector
+from ledger.store.schema import open_store
+from ledger.tokenizer import count_tokens
+from ledger.topics import topic_names
+
+BATCH_EVENTS = 1_000
+
+
+async def publish(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(**client_options(settings), max_request_size=16 * 1024 * 1024, linger_ms=5)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(settings: Settings, topics: list[str], expected: int) -> float:
+    """Seconds to read and JSON-decode ``expected`` messages from ``topics``."""
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), group_id=None, fetch_max_wait_ms=25, max_partition_fetch_bytes=16 * 1024 * 1024
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        started, read = time.perf_counter(), 0
+        while read < expected:
+            for records in (await consumer.getmany(timeout_ms=200, max_records=256)).values():
+                for record in records:
+                    orjson.loads(record.value)
+                read += len(records)
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    args = parser.parse_args()
+    book = genai_prices_book()
+    events = synthetic_events(args.events, seed=7, id_prefix=f"p{uuid.uuid4().hex[:6]}")
+    usage = list(usage_messages(events, BATCH_EVENTS))
+    entries = []
+    for start in range(0, len(events), BATCH_EVENTS):
+        priced = [price_event(UsageEvent.model_validate(e), book) for e in events[start : start + BATCH_EVENTS]]
+        batch_id = f"bench/{start}"
+        entries.append((batch_id.encode(), LedgerEntryBatch.encode(batch_id, priced)))
+
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="bench-projector-") as folder:
+        settings = Settings(kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix="bench.")
+        names = topic_names(settings.topic_prefix)
+        asyncio.run(ensure_topics(settings))
+        asyncio.run(publish(settings, names.usage, usage))
+        asyncio.run(publish(settings, names.ledger_entries, entries))
+        raw_s = asyncio.run(raw_consume(settings, [names.usage, names.ledger_entries], len(usage) + len(entries)))
+
+        path = Path(folder) / "ledger.duckdb"
+        connection = open_store(path)
+        started = time.perf_counter()
+        stats = asyncio.run(Projector(settings, connection, count_tokens).run(until_caught_up=True))
+        project_s = time.perf_counter() - started
+        connection.close()
+        with duckdb.connect(str(path), read_only=True) as check:
+            stored = check.execute("SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM ledger_entries)")
+            usage_rows, entry_rows = stored.fetchone() or (0, 0)
+    assert (usage_rows, entry_rows) == (args.events, args.events), (usage_rows, entry_rows)
+    print(
+        json.dumps(
+            {
+                "events": args.events,
+                "projector_s": round(project_s, 2),
+                "events_per_s": round(args.events / project_s),
+                "raw_consume_events_per_s": round(args.events / raw_s),
+                "ratio": round(raw_s / project_s, 3),
+                "messages": stats.messages,
+                "usage_rows": usage_rows,
+                "entry_rows": entry_rows,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
