@@ -62,9 +62,9 @@ def scope_history(commands: Iterable[BudgetCommand]) -> tuple[BudgetState, list[
         for limit in state.limits:
             name = limit.spec.limit_name
             before = open_segments.get(name)
-            same_series = before is not None and before.anchor == limit.anchor and limit.anchor != at
-            if before is not None and same_series and before.spec == limit.spec:
-                now_open[name] = before  # untouched by this command
+            same_series = before is not None and _kept(command, before, limit.spec)
+            if before is not None and same_series and command.action == "reset":
+                now_open[name] = before  # a reset of another limit leaves this one as it was
                 continue
             if not same_series:
                 series += 1
@@ -84,6 +84,15 @@ def scope_history(commands: Iterable[BudgetCommand]) -> tuple[BudgetState, list[
         open_segments = now_open
     segments.extend(open_segments.values())
     return state, segments
+
+
+def _kept(command: BudgetCommand, before: LimitSegment, spec: BudgetSpec) -> bool:
+    """Whether ``command`` left the limit's series of windows running (the fold checks a
+    kept limit's thresholds at once) rather than opening a new one. Anchors alone cannot
+    tell when the limit was opened at this same instant."""
+    if command.action == "reset":
+        return command.limit_name is not None and command.limit_name != before.limit_name
+    return before.spec.window_rules() == spec.window_rules() and before.spec.model == spec.model
 
 
 def _closed(segment: LimitSegment, at: datetime) -> LimitSegment:

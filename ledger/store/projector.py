@@ -27,7 +27,7 @@ from ledger.store.records import (
     alert_row,
     command_row,
     dead_letter_row,
-    entry_rows,
+    entry_batch,
     price_book_row,
     usage_rows,
 )
@@ -153,6 +153,8 @@ class Projector:
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
+        batches = self.stats.rows.get("ledger_entry_batches", 0)
+        self.stats.rows["ledger_entry_batches"] = batches + len(rows.entry_batches)
 
     def _usage(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
         assert record.value is not None
@@ -161,7 +163,7 @@ class Projector:
 
     def _entries(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
         assert record.value is not None
-        rows.tables["ledger_entries"].extend(entry_rows(record.value))
+        rows.entry_batches.append(entry_batch(record.value))
 
     def _command(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
         assert record.value is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from ledger.domain.errors import InvalidPriceBook, InvalidUsage
 from ledger.domain.money import usd_to_nanos
 from ledger.domain.prices import load_price_book
 from ledger.domain.pricing import TokenCounter, estimate_usage
-from ledger.domain.wire import DeadLetter, Rejected, split_usage_message, validate_usage
+from ledger.domain.wire import DeadLetter, decode_usage_message
 
 USAGE_COLUMNS = (
     "event_id",
@@ -42,26 +42,9 @@ USAGE_COLUMNS = (
     "has_usage",
     "tokens_estimated",
     "reported_cost_nanos",
-    "raw",
+    "metadata",
     "source_partition",
     "source_offset",
-)
-ENTRY_COLUMNS = (
-    "entry_id",
-    "event_id",
-    "kind",
-    "occurred_at",
-    "model",
-    "provider",
-    "priced_as",
-    "scope_keys",
-    "cost_nanos",
-    "cost_source",
-    "price_book_version",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_estimated",
-    "batch_id",
 )
 COMMAND_COLUMNS = (
     "command_id",
@@ -105,7 +88,6 @@ DEAD_LETTER_COLUMNS = (
 )
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "usage_events": USAGE_COLUMNS,
-    "ledger_entries": ENTRY_COLUMNS,
     "budget_commands": COMMAND_COLUMNS,
     "budget_alerts": ALERT_COLUMNS,
     "price_books": PRICE_BOOK_COLUMNS,
@@ -116,35 +98,28 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 @dataclass(slots=True)
 class StoreRows:
     """Rows for each table, in the order read; a row is a tuple in ``TABLE_COLUMNS`` order.
-    Rows repeating a key (an event_id seen twice) are left to the insert to drop."""
+    Rows repeating a key (an event_id seen twice) are left to the insert to drop.
+    ``entry_batches`` holds ``ledger-entries`` messages as JSON text, unpacked by the writer."""
 
     tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {name: [] for name in TABLE_COLUMNS})
-
-    @property
-    def row_count(self) -> int:
-        return sum(len(rows) for rows in self.tables.values())
+    entry_batches: list[str] = field(default_factory=list)
 
 
 def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCounter) -> list[tuple[Any, ...]]:
     """The valid events of one ``usage`` message, with the token counts they are priced by
-    (counted from their text when they report none, as the worker does)."""
-    raw_events, _ = split_usage_message(value)
+    (counted from their text when they report none, as the worker does). Validated from
+    the bytes in one pass when the whole message is well formed (the common case)."""
+    events, _ = decode_usage_message(value)  # adjustments and invalid events: not events
     rows = []
-    for raw_event in raw_events:
-        if "adjustment_id" in raw_event.raw:
-            continue  # a replay's correction: stored from ledger-entries, not an event
-        event = validate_usage(raw_event.raw, raw_event.where, raw_event.original)
-        if isinstance(event, Rejected):
-            continue
+    for event in events:
         try:
             usage, estimated = estimate_usage(event, count_tokens)
         except InvalidUsage:
             continue
-        raw = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
         rows.append(
             (
                 event.event_id,
-                event.occurred_at,
+                _to_us(event.occurred_at),
                 event.model,
                 event.provider,
                 event.user_id,
@@ -161,7 +136,7 @@ def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCou
                 event.usage is not None,
                 estimated,
                 None if event.reported_cost is None else usd_to_nanos(event.reported_cost),
-                raw.decode(),
+                orjson.dumps(event.metadata).decode() if event.metadata else None,
                 partition,
                 offset,
             )
@@ -169,33 +144,21 @@ def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCou
     return rows
 
 
-def entry_rows(value: bytes) -> list[tuple[Any, ...]]:
-    """The entries of one ``ledger-entries`` message (a ``LedgerEntryBatch``)."""
-    batch = orjson.loads(value)
-    batch_id = batch["batch_id"]
-    rows = []
-    for entry in batch["entries"]:
-        usage = entry["usage"]
-        rows.append(
-            (
-                entry["entry_id"],
-                entry["event_id"],
-                entry.get("kind", "charge"),
-                datetime.fromisoformat(entry["occurred_at"]),
-                entry["model"],
-                entry.get("provider"),
-                entry.get("priced_as"),
-                entry["scope_keys"],
-                entry["cost_nanos"],
-                entry["cost_source"],
-                entry.get("price_book_version"),
-                usage.get("prompt_tokens", 0),
-                usage.get("completion_tokens", 0),
-                entry.get("tokens_estimated", False),
-                batch_id,
-            )
-        )
-    return rows
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def entry_batch(value: bytes) -> str:
+    """One ``ledger-entries`` message (a ``LedgerEntryBatch`` the worker wrote), kept as
+    JSON text: the writer unpacks every batch of a transaction at once in DuckDB."""
+    text = value.decode()
+    if not text.startswith("{"):
+        raise ValueError("a ledger-entries record is a JSON object")
+    return text
 
 
 def command_row(value: bytes, partition: int, offset: int) -> tuple[Any, ...] | None:

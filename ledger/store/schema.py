@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     next_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, kafka_partition)
 );
--- Every valid usage event, once per event_id (the first copy read wins), priced or not.
+-- Every valid usage event, once per event_id (the first copy read wins), priced or not:
+-- its validated fields and the token counts it is priced by (message text is not kept).
 CREATE TABLE IF NOT EXISTS usage_events (
     event_id VARCHAR PRIMARY KEY,
     occurred_at TIMESTAMPTZ NOT NULL,
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     has_usage BOOLEAN NOT NULL,
     tokens_estimated BOOLEAN NOT NULL,
     reported_cost_nanos BIGINT,
-    raw VARCHAR NOT NULL,
+    metadata JSON,
     source_partition INTEGER NOT NULL,
     source_offset BIGINT NOT NULL
 );

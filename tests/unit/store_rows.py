@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ledger.domain.budgets import BudgetCommand, BudgetSpec, CommandAction
 from ledger.store.records import StoreRows, command_row
 from ledger.store.schema import open_store
@@ -28,26 +30,24 @@ def entry(
     kind: str = "charge",
     prompt: int = 100,
     completion: int = 10,
-) -> tuple[Any, ...]:
-    """A ledger_entries row charging ``global:*`` and ``scopes``."""
+) -> dict[str, Any]:
+    """A ledger entry (as the worker writes it) charging ``global:*`` and ``scopes``."""
     number = next(_ids)
-    return (
-        f"entry-{number}",
-        f"evt-{number}",
-        kind,
-        occurred_at or at(9),
-        model,
-        "openai",
-        model,
-        ["global:*", *scopes],
-        cost_nanos,
-        "price_book",
-        "book-1",
-        prompt,
-        completion,
-        False,
-        f"batch-{number}",
-    )
+    return {
+        "entry_id": f"entry-{number}",
+        "event_id": f"evt-{number}",
+        "kind": kind,
+        "occurred_at": (occurred_at or at(9)).isoformat(),
+        "model": model,
+        "provider": "openai",
+        "priced_as": model,
+        "scope_keys": ["global:*", *scopes],
+        "cost_nanos": cost_nanos,
+        "cost_source": "price_book",
+        "price_book_version": "book-1",
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
+        "tokens_estimated": False,
+    }
 
 
 def command(
@@ -84,13 +84,14 @@ def dead_letter(
 def build_store(
     path: Path,
     *,
-    entries: Sequence[tuple[Any, ...]] = (),
+    entries: Sequence[dict[str, Any]] = (),
     commands: Sequence[tuple[Any, ...]] = (),
     dead_letters: Sequence[tuple[Any, ...]] = (),
 ) -> Path:
     """Write the rows into a new store at ``path`` and close it (readers open it read-only)."""
     rows = StoreRows()
-    rows.tables["ledger_entries"].extend(entries)
+    if entries:
+        rows.entry_batches.append(orjson.dumps({"batch_id": "test-batch", "entries": list(entries)}).decode())
     rows.tables["budget_commands"].extend(commands)
     rows.tables["dead_letters"].extend(dead_letters)
     connection = open_store(path)

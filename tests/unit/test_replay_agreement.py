@@ -304,3 +304,28 @@ def test_a_changed_limit_is_checked_when_the_command_lands() -> None:
     assert limit.spend_nanos == 7_500_000
     assert set(limit.alerted) == {("soft-threshold", 1), ("exceeded", 6_000_000)}
     assert_replays_agree(events, commands, at + timedelta(hours=1), False)
+
+
+def test_an_upsert_checks_a_kept_limit_even_unchanged_or_opened_at_the_same_instant() -> None:
+    at = (BASE + timedelta(minutes=1)).isoformat()
+    event = {
+        "event_id": "e0",
+        "occurred_at": BASE.isoformat(),
+        "model": "acme-large",
+        "user_id": "a",
+        "usage": {"prompt_tokens": 0},
+    }
+    soft_zero = [{"name": "total", "soft_budget_nanos": 0, "model": "acme-large"}]
+    commands = [
+        {"command_id": "c0", "scope_key": "global:*", "action": "upsert", "issued_at": at,
+         "budgets": [{"name": "total", "max_budget_nanos": 10, "model": "acme-large"}]},
+        {"command_id": "c1", "scope_key": "global:*", "action": "upsert", "issued_at": at, "budgets": soft_zero},
+        {"command_id": "c2", "scope_key": "user:a", "action": "upsert", "issued_at": at, "budgets": soft_zero},
+        {"command_id": "c3", "scope_key": "user:a", "action": "upsert", "issued_at": at, "budgets": soft_zero},
+    ]  # fmt: skip
+    assert_replays_agree([event], commands, BASE + timedelta(days=1), False)
+    result = replay(store_of([event], commands), ReplayOptions(book=BOOK, as_of=BASE + timedelta(days=1)))
+    assert {(c.scope_key, c.kind) for c in result.crossings} == {
+        ("global:*", "soft-threshold"),
+        ("user:a", "soft-threshold"),
+    }

@@ -11,7 +11,7 @@ import orjson
 
 from ledger.domain.adjustments import LedgerAdjustment, adjustment_id
 from ledger.domain.wire import DeadLetter
-from ledger.store.records import StoreRows, dead_letter_row, entry_rows, usage_rows
+from ledger.store.records import StoreRows, dead_letter_row, entry_batch, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.writer import append, stored_offsets
 
@@ -39,7 +39,7 @@ def test_usage_rows_keep_valid_events_with_their_token_counts_and_skip_the_rest(
     assert [row[0] for row in rows] == ["e1", "e2"]  # invalid, adjustment and non-object skipped
     e1, e2 = rows
     assert e1[8:11] == (["p"], ["global:*", "user:u", "tag:p"], 10)
-    assert (e1[15], e1[16]) == (True, False)
+    assert (e1[15], e1[16], e1[18]) == (True, False, None)
     assert (e2[10], e2[11], e2[15], e2[16]) == (3, 0, False, True)  # counted from its text
     assert (e1[-2], e1[-1]) == (2, 40)
 
@@ -73,7 +73,7 @@ def test_appending_the_same_rows_twice_stores_them_once_and_moves_the_offsets(tm
         ],
     }  # fmt: skip
     rows = StoreRows()
-    rows.tables["ledger_entries"].extend(entry_rows(orjson.dumps(entries)))
+    rows.entry_batches.append(entry_batch(orjson.dumps(entries)))
     append(connection, rows, {("ledger-entries", 0): 5})
     append(connection, rows, {("ledger-entries", 0): 6})
     assert connection.execute("SELECT count(*), sum(cost_nanos) FROM ledger_entries").fetchone() == (1, 12)
