@@ -179,7 +179,7 @@ def main() -> None:
         replay_s = time.perf_counter() - started
         on_stage("")
         connection.close()
-        print(f"stages (s): {stages}; scopes {len(result.states)}, crossings {len(result.crossings)}, tokens {tokens}")
+        print(f"stages (s): {stages}; scopes {len(result.states)}, crossings {result.crossing_count}, tokens {tokens}")
         print(
             json.dumps(
                 {
@@ -191,7 +191,7 @@ def main() -> None:
                     "ratio_to_scan": round(replay_s / scan_s, 1),
                     "charged": result.charged,
                     "scopes": len(result.states),
-                    "crossings": len(result.crossings),
+                    "crossings": result.crossing_count,
                 }
             )
         )

@@ -68,14 +68,14 @@ class ReplayOptions:
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """Every scope's state at ``as_of`` and every crossing up to it. Per-event costs stay
+    """Every scope's state at ``as_of`` and how many crossings up to it. Per-event costs stay
     in the connection: ``replay_costs`` (row_id of ``replay_events``, status, cost_nanos:
     what the event should cost)."""
 
     as_of: datetime
     book_version: str
     states: dict[str, BudgetState]
-    crossings: frozenset[Crossing]
+    crossing_count: int  # all of them: ``load_crossings`` reads them from the connection
     events: int
     charged: int
     unpriced: int
@@ -156,12 +156,12 @@ def replay(
         {"no_end": _NO_END_US},
     ).fetchall():
         window_spend[(scope, name, series, window_us)] = spend
-    crossings = frozenset(
-        Crossing(scope, name, from_us(window_us), kind, threshold)
-        for scope, name, window_us, kind, threshold in connection.execute(
-            "SELECT scope_key, limit_name, window_us, kind, threshold_nanos FROM replay_crossings"
-        ).fetchall()
-    )
+    current_windows = [
+        (scope, limit.spec.limit_name, to_us(limit.window_start))
+        for scope, state in states.items()
+        for limit in state.limits
+    ]
+    crossings = _crossings(connection, current_windows)
     totals = connection.execute(sql.TOTALS).fetchall()
     result_states = _states(states, segments, totals, window_spend, crossings, options)
     events, charged, unpriced = connection.execute(
@@ -172,10 +172,37 @@ def replay(
         as_of=options.as_of,
         book_version=options.book.version,
         states=result_states,
-        crossings=crossings,
+        crossing_count=connection.execute("SELECT count(*) FROM replay_crossings").fetchall()[0][0],
         events=events,
         charged=charged,
         unpriced=unpriced,
+    )
+
+
+def load_crossings(connection: duckdb.DuckDBPyConnection) -> frozenset[Crossing]:
+    """Every crossing of the replay last run on ``connection``, in every window."""
+    return _crossings(connection, None)
+
+
+_CURRENT_SCHEMA = pa.schema([("scope_key", pa.string()), ("limit_name", pa.string()), ("window_us", pa.int64())])
+
+
+def _crossings(
+    connection: duckdb.DuckDBPyConnection, windows: list[tuple[str, str, int]] | None
+) -> frozenset[Crossing]:
+    """The replay's crossings, only those in ``windows`` when given."""
+    query = "SELECT scope_key, limit_name, window_us, kind, threshold_nanos FROM replay_crossings"
+    if windows is not None:
+        rows = [{"scope_key": s, "limit_name": n, "window_us": w} for s, n, w in windows]
+        connection.register("replay_current_arrow", pa.Table.from_pylist(rows, schema=_CURRENT_SCHEMA))
+        query += " SEMI JOIN replay_current_arrow USING (scope_key, limit_name, window_us)"
+    try:
+        found = connection.execute(query).fetchall()
+    finally:
+        if windows is not None:
+            connection.unregister("replay_current_arrow")
+    return frozenset(
+        Crossing(scope, name, from_us(window_us), kind, threshold) for scope, name, window_us, kind, threshold in found
     )
 
 
