@@ -99,13 +99,21 @@ class Projector:
         try:
             partitions = await self._assign(consumer)
             targets = await end_offsets(self.settings, partitions) if until_caught_up else {}
+            # Rows for one batch are built (Python) while the batch before is appended (DuckDB,
+            # which releases the GIL); appends stay one at a time and in order.
+            appending: asyncio.Task[None] | None = None
             while stop is None or not stop.is_set():
                 if until_caught_up and await self._caught_up(consumer, targets):
                     break
                 batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=BATCH_MESSAGES_MAX)
                 records = [record for batch in batches.values() for record in batch]
                 if records:
-                    await asyncio.to_thread(self._store, records)
+                    rows, next_offsets = await asyncio.to_thread(self._rows, records)
+                    if appending is not None:
+                        await appending
+                    appending = asyncio.create_task(asyncio.to_thread(self._append, rows, next_offsets, len(records)))
+            if appending is not None:
+                await appending
         finally:
             await consumer.stop()
         self.stats.seconds += time.monotonic() - started
@@ -135,8 +143,8 @@ class Projector:
                 consumer.seek(tp, position)
         return partitions
 
-    def _store(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """One batch: rows for every record, then rows and positions in one transaction."""
+    def _rows(self, records: list[ConsumerRecord[bytes, bytes]]) -> tuple[StoreRows, dict[tuple[str, int], int]]:
+        """Rows for every record of a batch, and the next offset of each partition read."""
         rows = StoreRows()
         next_offsets: dict[tuple[str, int], int] = {}
         for record in records:
@@ -148,8 +156,12 @@ class Projector:
                     log.warning("skipped %s/%d@%d: %r", record.topic, record.partition, record.offset, exc)
             key = (record.topic, record.partition)
             next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+        return rows, next_offsets
+
+    def _append(self, rows: StoreRows, next_offsets: dict[tuple[str, int], int], messages: int) -> None:
+        """Rows and positions in one transaction."""
         append(self.connection, rows, next_offsets)
-        self.stats.messages += len(records)
+        self.stats.messages += messages
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)

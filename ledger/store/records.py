@@ -154,11 +154,12 @@ def _to_us(moment: datetime) -> int:
 
 def entry_batch(value: bytes) -> str:
     """One ``ledger-entries`` message (a ``LedgerEntryBatch`` the worker wrote), kept as
-    JSON text: the writer unpacks every batch of a transaction at once in DuckDB."""
-    text = value.decode()
-    if not text.startswith("{"):
-        raise ValueError("a ledger-entries record is a JSON object")
-    return text
+    JSON text: the writer unpacks every batch of a transaction at once in DuckDB, and drops
+    an entry that lacks a field it needs. Raises ValueError for what is not a batch."""
+    batch = orjson.loads(value)
+    if not isinstance(batch, dict) or not isinstance(batch.get("entries"), list):
+        raise ValueError("a ledger-entries record is an object with a list of entries")
+    return value.decode()
 
 
 def command_row(value: bytes, partition: int, offset: int) -> tuple[Any, ...] | None:

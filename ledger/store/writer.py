@@ -110,12 +110,14 @@ _ENTRY_JSON = (
 )
 _INSERT_ENTRIES = f"""
 INSERT OR IGNORE INTO ledger_entries
-SELECT e.entry_id, e.event_id, coalesce(e.kind, 'charge'), CAST(e.occurred_at AS TIMESTAMPTZ), e.model, e.provider,
-       e.priced_as, e.scope_keys, e.cost_nanos, e.cost_source, e.price_book_version,
-       coalesce(e.usage.prompt_tokens, 0), coalesce(e.usage.completion_tokens, 0), coalesce(e.tokens_estimated, false),
-       batch_id
+SELECT e.entry_id, coalesce(e.event_id, e.entry_id), coalesce(e.kind, 'charge'), TRY_CAST(e.occurred_at AS TIMESTAMPTZ),
+       e.model, e.provider, e.priced_as, e.scope_keys, e.cost_nanos, coalesce(e.cost_source, 'price_book'),
+       e.price_book_version, coalesce(e.usage.prompt_tokens, 0), coalesce(e.usage.completion_tokens, 0),
+       coalesce(e.tokens_estimated, false), coalesce(batch_id, '')
 FROM (SELECT unnest(parsed.entries) AS e, parsed.batch_id AS batch_id
       FROM (SELECT from_json(batch, '{_ENTRY_JSON}') AS parsed FROM incoming))
+WHERE e.entry_id IS NOT NULL AND TRY_CAST(e.occurred_at AS TIMESTAMPTZ) IS NOT NULL AND e.model IS NOT NULL
+  AND e.scope_keys IS NOT NULL AND e.cost_nanos IS NOT NULL
 """
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 
 from ledger.domain.adjustments import LedgerAdjustment, adjustment_id
 from ledger.domain.wire import DeadLetter
@@ -93,3 +94,20 @@ def test_an_adjustment_id_names_the_correction_it_makes() -> None:
         cost_nanos=-50,
     )
     assert adjustment.cost_nanos == -50
+
+
+def test_an_entries_record_the_worker_did_not_write_is_refused_or_its_bad_entries_dropped(tmp_path: Path) -> None:
+    connection = open_store(tmp_path / "ledger.duckdb")
+    good = {"entry_id": "ok", "event_id": "ok", "occurred_at": AT, "model": "m", "scope_keys": ["global:*"],
+            "cost_nanos": 5, "cost_source": "price_book", "usage": {}}  # fmt: skip
+    bad = [
+        {**good, "entry_id": "no-time", "occurred_at": "yesterday"},
+        {**good, "entry_id": "no-cost", "cost_nanos": "x"},
+    ]
+    rows = StoreRows()
+    rows.entry_batches.append(entry_batch(orjson.dumps({"batch_id": "b", "entries": [good, *bad]})))
+    append(connection, rows, {})
+    assert connection.execute("SELECT entry_id FROM ledger_entries").fetchall() == [("ok",)]
+    for value in (b"[1, 2]", b'{"entries": 3}', b"{truncated"):
+        with pytest.raises(ValueError, match=r"entries|unexpected|invalid|expected"):
+            entry_batch(value)
