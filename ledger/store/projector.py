@@ -91,6 +91,10 @@ class Projector:
             **client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
+            # A stored offset the log no longer has (a new, empty dev broker; retention)
+            # restarts at the log's start: records may be read again (their keys drop
+            # them), never skipped. Telling a new log from the old one is for restore.
+            auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_bytes=4 * PARTITION_FETCH_BYTES_MAX,
