@@ -101,8 +101,8 @@ class Projector:
         )
         await consumer.start()
         try:
-            partitions = await self._assign(consumer)
-            targets = await end_offsets(self.settings, partitions) if until_caught_up else {}
+            ends = await self._assign(consumer)
+            targets = ends if until_caught_up else {}
             # Rows for one batch are built (Python) while the batch before is appended (DuckDB,
             # which releases the GIL); appends stay one at a time and in order.
             appending: asyncio.Task[None] | None = None
@@ -130,7 +130,10 @@ class Projector:
                 return False
         return True
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Assign every input partition at its stored position; returns their ends now.
+        A position past a partition's end (the log was replaced by a new, shorter one)
+        starts over at the log's start: records may come again, none is skipped."""
         await consumer.topics()  # loads the cluster metadata
         partitions = [
             TopicPartition(topic, partition)
@@ -138,14 +141,20 @@ class Projector:
             for partition in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         consumer.assign(partitions)
+        ends = await end_offsets(self.settings, partitions)
         positions = stored_offsets(self.connection)
         for tp in partitions:
             position = positions.get((tp.topic, tp.partition))
+            if position is not None and position > ends[tp]:
+                log.warning(
+                    "%s: stored offset %d is past the log's end %d; reading from its start", tp, position, ends[tp]
+                )
+                position = None
             if position is None:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, position)
-        return partitions
+        return ends
 
     def _rows(self, records: list[ConsumerRecord[bytes, bytes]]) -> tuple[StoreRows, dict[tuple[str, int], int]]:
         """Rows for every record of a batch, and the next offset of each partition read."""

@@ -99,3 +99,19 @@ def test_projector_killed_mid_batch_loses_and_repeats_nothing(make_ledger: MakeL
     assert ids == len(events)  # the copies under other keys were dropped by event_id
     published = len(list(usage_messages(events))) + len(list(usage_messages(duplicates, 100)))
     assert sum(offsets.values()) == published
+
+
+def test_an_offset_the_log_no_longer_has_restarts_at_its_start_and_skips_nothing(
+    make_ledger: MakeLedger, tmp_path: Path
+) -> None:
+    ledger = make_ledger()
+    first = [usage(f"o-{n}") for n in range(5)]
+    ledger.publish_json(ledger.topics.usage, [(e["event_id"], e) for e in first])
+    store = tmp_path / "ledger.duckdb"
+    ledger.project(store)
+    with duckdb.connect(str(store)) as connection:  # as after a new, empty broker: offsets past its end
+        connection.execute("UPDATE consumer_offsets SET next_offset = next_offset + 1000")
+    later = [usage(f"o-later-{n}") for n in range(3)]
+    ledger.publish_json(ledger.topics.usage, [(e["event_id"], e) for e in later])
+    ledger.project(store)
+    assert counts(store)["usage_events"] == 8
