@@ -22,9 +22,9 @@ from pathlib import Path
 
 import duckdb
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.live import synthetic_events
+from bench.live import publish, synthetic_events
 from ledger.broker import EmbeddedBroker
 from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import LedgerEntryBatch, price_event
@@ -38,17 +38,6 @@ from ledger.tokenizer import count_tokens
 from ledger.topics import topic_names
 
 BATCH_EVENTS = 1_000
-
-
-async def publish(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(**client_options(settings), max_request_size=16 * 1024 * 1024, linger_ms=5)
-    await producer.start()
-    try:
-        for key, value in messages:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def raw_consume(settings: Settings, topics: list[str], expected: int) -> float:

@@ -28,18 +28,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from bench.live import MODELS as LIVE_MODELS
 from ledger.domain.budgets import BudgetCommand
 from ledger.domain.prices import PriceOverride, TokenRates
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.engine import ReplayOptions, replay
+from ledger.store.records import StoreRows, command_row
 from ledger.store.schema import open_store
+from ledger.store.writer import append
 
-MODELS = [
-    "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o3-mini", "o4-mini",
-    "gpt-3.5-turbo", "gpt-4-turbo", "claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022",
-    "claude-3-opus-20240229", "claude-sonnet-4-20250514", "claude-opus-4-20250514", "gemini-1.5-pro",
-    "gemini-1.5-flash", "gemini-2.0-flash", "gemini-2.5-pro", "deepseek-chat",
-]  # fmt: skip
+MODELS = [*LIVE_MODELS[:-1], "deepseek-chat"]  # deepseek-chat has two price periods in the bundled book
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 30
 
@@ -73,20 +71,12 @@ def generate(path: Path, events: int) -> None:
         """
     )
     commands = list(_commands())
+    rows = StoreRows()
     for offset, command in enumerate(commands):
-        connection.execute(
-            "INSERT INTO budget_commands VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            [
-                command.command_id,
-                command.scope_key,
-                command.action,
-                command.issued_at,
-                command.alias,
-                command.limit_name,
-                command.model_dump_json(),
-                offset,
-            ],
-        )
+        row = command_row(command.model_dump_json().encode(), 0, offset)
+        assert row is not None
+        rows.tables["budget_commands"].append(row)
+    append(connection, rows, {})
     connection.execute("CHECKPOINT")
     connection.close()
 

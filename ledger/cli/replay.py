@@ -12,7 +12,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from ledger.cli.common import console, fail
+from ledger.cli.common import console, fail, parse_moment
 from ledger.domain.budgets import BudgetState, LimitState
 from ledger.domain.money import format_usd
 from ledger.replay.compare import Difference
@@ -61,7 +61,7 @@ def replay(
         settings = load_settings()
     except ValidationError as exc:
         raise fail(f"invalid settings: {exc}") from exc
-    moment = _moment(as_of, "--as-of")
+    moment = parse_moment(as_of, "--as-of")
     try:
         book = load_price_book(prices.read_bytes()) if prices is not None else None
     except (OSError, InvalidPriceBook) as exc:
@@ -85,8 +85,8 @@ def replay(
                 at,
                 settings,
                 scopes=tuple(scope or ()),
-                reprice_from=_moment(reprice_from, "--from"),
-                reprice_to=_moment(reprice_to, "--to"),
+                reprice_from=parse_moment(reprice_from, "--from"),
+                reprice_to=parse_moment(reprice_to, "--to"),
                 on_stage=on_stage,
             )
             if moment is None:
@@ -118,16 +118,6 @@ def replay(
         raise fail(f"replay failed: {exc}") from exc
     finally:
         connection.close()
-
-
-def _moment(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise fail(f"{option} {text!r} is not an ISO 8601 time, e.g. 2025-11-03T09:00:00Z") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _print_differences(differences: list[Difference]) -> None:

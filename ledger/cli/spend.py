@@ -11,7 +11,7 @@ import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ledger.cli.common import console, fail
+from ledger.cli.common import console, fail, parse_moment
 from ledger.domain.money import format_usd
 from ledger.settings import load_settings
 from ledger.store.queries import (
@@ -68,7 +68,7 @@ def spend_by_command(
     as_csv: CsvFlag = False,
 ) -> None:
     """Spend grouped by scope kinds, model and UTC time buckets (no --group-by: the total)."""
-    names, since, until = group_by or [], _moment(start, "--from"), _moment(end, "--to")
+    names, since, until = group_by or [], parse_moment(start, "--from"), parse_moment(end, "--to")
     report = _query(
         lambda connection: spend_by(connection, names, start=since, end=until, scope_key=scope, limit=limit)
     )
@@ -92,7 +92,7 @@ def spend_top_command(
     as_csv: CsvFlag = False,
 ) -> None:
     """The scopes of one kind that spent most, most first."""
-    since, until = _moment(start, "--from"), _moment(end, "--to")
+    since, until = parse_moment(start, "--from"), parse_moment(end, "--to")
     spenders = _query(lambda connection: top_spenders(connection, kind, start=since, end=until, limit=limit))
     rows = [
         [spender.scope_key, spender.spend_nanos, spender.entry_count, spender.prompt_tokens, spender.completion_tokens]
@@ -223,17 +223,6 @@ def _store_path() -> Path:
         return load_settings().duckdb_path
     except ValidationError as exc:
         raise fail(f"invalid settings: {exc}") from exc
-
-
-def _moment(text: str | None, option: str) -> datetime | None:
-    """An ISO 8601 time; one without a zone is UTC."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise fail(f"{option} {text!r} is not an ISO 8601 time, e.g. 2025-11-03 or 2025-11-03T09:00:00Z") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _range_text(start: datetime | None, end: datetime | None) -> str:

@@ -96,6 +96,20 @@ def window_containing(
     return start, end
 
 
+def epoch_us(moment: datetime) -> int:
+    """Microseconds since 1970-01-01 UTC, exact (datetimes hold microseconds)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_us(us: int) -> datetime:
+    """The UTC datetime ``us`` microseconds after the epoch."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def calendar_floor(unit: CalendarUnit, moment: datetime, tz: str, week_start: int) -> datetime:
     """The last calendar boundary at or before ``moment``, in UTC."""
     local_day = moment.astimezone(zone(tz)).date()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import duckdb
@@ -24,6 +24,7 @@ from ledger.domain.budgets import AlertKind, BudgetCommand, BudgetState, LimitSt
 from ledger.domain.fold import advance, new_state
 from ledger.domain.prices import PriceBook
 from ledger.domain.scopes import parse_scope_key
+from ledger.domain.windows import epoch_us, from_epoch_us
 from ledger.replay import sql
 from ledger.replay.rates import price_intervals
 from ledger.replay.timeline import (
@@ -35,7 +36,6 @@ from ledger.replay.timeline import (
     scope_history,
 )
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATE_FIELDS = all_fields(BudgetState)
 _LIMIT_FIELDS = all_fields(LimitState)
 _NO_END_US = 2**62
@@ -81,16 +81,6 @@ class ReplayResult:
     unpriced: int
 
 
-def to_us(moment: datetime) -> int:
-    """Microseconds since the epoch (exact: datetimes hold microseconds)."""
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
 REPLAY_STAGES = ("events", "pricing", "commands", "windows", "states")
 
 
@@ -101,7 +91,7 @@ def replay(
 ) -> ReplayResult:
     """Replay the store behind ``connection`` (read-only is enough: only temp tables).
     ``on_stage`` hears each of ``REPLAY_STAGES`` as it begins (for a progress bar)."""
-    as_of_us = to_us(options.as_of)
+    as_of_us = epoch_us(options.as_of)
     on_stage("events")
     _select_events(connection, options, as_of_us)
     on_stage("pricing")
@@ -118,8 +108,8 @@ def replay(
             "trust": options.trust_reported_cost,
             "as_of_us": as_of_us,
             "filter_scopes": bool(options.scopes),
-            "from_us": None if options.reprice_from is None else to_us(options.reprice_from),
-            "to_us": None if options.reprice_to is None else to_us(options.reprice_to),
+            "from_us": None if options.reprice_from is None else epoch_us(options.reprice_from),
+            "to_us": None if options.reprice_to is None else epoch_us(options.reprice_to),
         },
     )
     (misaligned,) = connection.execute(sql.ALIGNED).fetchall()[0]
@@ -157,7 +147,7 @@ def replay(
     ).fetchall():
         window_spend[(scope, name, series, window_us)] = spend
     current_windows = [
-        (scope, limit.spec.limit_name, to_us(limit.window_start))
+        (scope, limit.spec.limit_name, epoch_us(limit.window_start))
         for scope, state in states.items()
         for limit in state.limits
     ]
@@ -202,7 +192,8 @@ def _crossings(
         if windows is not None:
             connection.unregister("replay_current_arrow")
     return frozenset(
-        Crossing(scope, name, from_us(window_us), kind, threshold) for scope, name, window_us, kind, threshold in found
+        Crossing(scope, name, from_epoch_us(window_us), kind, threshold)
+        for scope, name, window_us, kind, threshold in found
     )
 
 
@@ -301,9 +292,9 @@ def _load_segments(connection: duckdb.DuckDBPyConnection, segments: list[LimitSe
                 "scope_id": scope_id,
                 "limit_name": segment.limit_name,
                 "series": segment.series,
-                "start_us": to_us(segment.starts_at),
-                "end_us": _NO_END_US if segment.ends_at is None else to_us(segment.ends_at),
-                "anchor_us": to_us(segment.anchor),
+                "start_us": epoch_us(segment.starts_at),
+                "end_us": _NO_END_US if segment.ends_at is None else epoch_us(segment.ends_at),
+                "anchor_us": epoch_us(segment.anchor),
                 "step_us": None if step is None else step // timedelta(microseconds=1),
                 "rule_id": None if rule is None else rules.setdefault(rule, len(rules)),
                 "model": segment.spec.model,
@@ -322,7 +313,7 @@ def _load_segments(connection: duckdb.DuckDBPyConnection, segments: list[LimitSe
         earliest = min([segment.anchor for segment in segments] + ([first] if first is not None else []))
         for rule, rule_id in rules.items():
             for start, end in calendar_boundaries(rule, earliest, as_of):
-                start_us, end_us = to_us(start), to_us(end)
+                start_us, end_us = epoch_us(start), epoch_us(end)
                 for day in range(start_us // _DAY_US, (end_us - 1) // _DAY_US + 1):
                     boundary_rows.append({"rule_id": rule_id, "utc_day": day, "start_us": start_us, "end_us": end_us})
     connection.register("replay_boundaries_arrow", pa.Table.from_pylist(boundary_rows, schema=_BOUNDARIES_SCHEMA))
@@ -359,7 +350,7 @@ def _states(
             limits=(),
             total_spend_nanos=int(total),
             entry_count=int(count),
-            last_occurred_at=from_us(last),
+            last_occurred_at=from_epoch_us(last),
         )
     for scope, command_state in command_states.items():
         base = states.get(scope) or new_state(scope)
@@ -367,7 +358,7 @@ def _states(
         for limit in command_state.limits:
             name = limit.spec.limit_name
             series = current_series[(scope, name)]
-            spend = window_spend.get((scope, name, series, to_us(limit.window_start)), 0)
+            spend = window_spend.get((scope, name, series, epoch_us(limit.window_start)), 0)
             limits.append(
                 LimitState.model_construct(
                     _LIMIT_FIELDS,

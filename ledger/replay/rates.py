@@ -21,12 +21,12 @@ from typing import Any
 import pyarrow as pa
 
 from ledger.domain.prices import ModelPrices, PriceBook, RateValue, TieredRate, TokenRates
+from ledger.domain.windows import epoch_us
 
 _TOKENS_PER_MTOK = 10**6
 _UNITS = pa.decimal128(38, 0)
 _TIERS = pa.list_(pa.struct([("start", pa.int64()), ("units", _UNITS)]))
 RATE_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FOREVER_US = 2**62
 
 PRICES_SCHEMA = pa.schema(
@@ -76,11 +76,6 @@ def _row(model: str, provider: str | None, span: tuple[int, int], priced_as: str
     return row
 
 
-def _to_us(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _change_points(model: ModelPrices, first: datetime, last: datetime) -> list[datetime]:
     """Every moment in [first, last] where ``model.rates_at`` may change its answer."""
     day = first.astimezone(UTC).date()
@@ -113,7 +108,7 @@ def price_intervals(book: PriceBook, references: Iterable[tuple[str, str | None,
         rows.extend(
             day_row
             for row in _intervals(book, model, provider, first, last)
-            for day_row in _per_day(row, _to_us(first), _to_us(last))
+            for day_row in _per_day(row, epoch_us(first), epoch_us(last))
         )
     return pa.Table.from_pylist(rows, schema=PRICES_SCHEMA)
 
@@ -135,6 +130,6 @@ def _intervals(
         if spans and spans[-1][2] is rates:
             continue
         if spans:
-            spans[-1] = (spans[-1][0], _to_us(point), spans[-1][2])
-        spans.append((_to_us(point), FOREVER_US, rates))
+            spans[-1] = (spans[-1][0], epoch_us(point), spans[-1][2])
+        spans.append((epoch_us(point), FOREVER_US, rates))
     return [_row(model, provider, (start_us, end_us), priced_as, rates) for start_us, end_us, rates in spans]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from ledger.domain.errors import InvalidPriceBook, InvalidUsage
 from ledger.domain.money import usd_to_nanos
 from ledger.domain.prices import load_price_book
 from ledger.domain.pricing import TokenCounter, estimate_usage
+from ledger.domain.windows import epoch_us
 from ledger.domain.wire import DeadLetter, decode_usage_message
 
 USAGE_COLUMNS = (
@@ -119,7 +120,7 @@ def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCou
         rows.append(
             (
                 event.event_id,
-                _to_us(event.occurred_at),
+                epoch_us(event.occurred_at),
                 event.model,
                 event.provider,
                 event.user_id,
@@ -142,14 +143,6 @@ def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCou
             )
         )
     return rows
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _to_us(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def entry_batch(value: bytes) -> str:
