@@ -12,6 +12,7 @@ import orjson
 from ledger.domain.events import BATCH_EVENTS_MAX, SCHEMA_VERSION
 
 BATCH_EVENTS_DEFAULT = 1_000  # about 400 KB of JSON: under Kafka's default 1 MB message limit
+BATCH_BYTES_TARGET = 900_000  # events with long texts fill a message before 1,000 of them do
 
 
 def batch_id_of(event_ids: Iterable[str]) -> str:
@@ -24,14 +25,28 @@ def usage_messages(
     events: Sequence[dict[str, Any]], batch_events_max: int = BATCH_EVENTS_DEFAULT
 ) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) messages carrying ``events`` (already in wire shape), at most
-    ``batch_events_max`` per message; a lone event goes as a plain ``UsageEvent``."""
+    ``batch_events_max`` and about ``BATCH_BYTES_TARGET`` bytes per message; a lone event
+    goes as a plain ``UsageEvent``."""
     if not 1 <= batch_events_max <= BATCH_EVENTS_MAX:
         raise ValueError(f"batch_events_max must be within 1..{BATCH_EVENTS_MAX}")
-    for start in range(0, len(events), batch_events_max):
-        chunk = events[start : start + batch_events_max]
-        if len(chunk) == 1:
-            yield str(chunk[0]["event_id"]).encode(), orjson.dumps(chunk[0])
-            continue
-        batch_id = batch_id_of(str(event["event_id"]) for event in chunk)
-        body = {"schema_version": SCHEMA_VERSION, "batch_id": batch_id, "events": list(chunk)}
-        yield batch_id.encode(), orjson.dumps(body)
+    chunk: list[bytes] = []
+    ids: list[str] = []
+    size = 0
+    for event in events:
+        encoded = orjson.dumps(event)
+        if chunk and (len(chunk) == batch_events_max or size + len(encoded) > BATCH_BYTES_TARGET):
+            yield _message(chunk, ids)
+            chunk, ids, size = [], [], 0
+        chunk.append(encoded)
+        ids.append(str(event["event_id"]))
+        size += len(encoded) + 1
+    if chunk:
+        yield _message(chunk, ids)
+
+
+def _message(chunk: list[bytes], ids: list[str]) -> tuple[bytes, bytes]:
+    if len(chunk) == 1:
+        return ids[0].encode(), chunk[0]
+    batch_id = batch_id_of(ids)
+    head = b'{"schema_version":%d,"batch_id":%s,"events":[' % (SCHEMA_VERSION, orjson.dumps(batch_id))
+    return batch_id.encode(), head + b",".join(chunk) + b"]}"

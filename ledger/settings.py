@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     duckdb_path: Path = Path("data/ledger.duckdb")
 
+    # The api: admin routes need the master key; /v1/usage and /v1/check take the ingest
+    # key too when one is set. Without a master key the api serves loopback only.
+    master_key: SecretStr | None = Field(default=None, min_length=16)
+    ingest_key: SecretStr | None = Field(default=None, min_length=16)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65_535)
+    # Where the CLI and the SDK reach the api.
+    api_url: str = Field(default="http://127.0.0.1:8080", max_length=2_000)
+    # A budget write answers once the worker has applied it, or after this long (202).
+    api_apply_wait_s: float = Field(default=5.0, ge=0, le=60)
+
 
 def load_settings() -> Settings:
     """Settings from the environment (a function, so tests can set variables first)."""

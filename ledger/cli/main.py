@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ledger.cli import replay as replay_commands
+from ledger.cli import serve as serve_commands
 from ledger.cli import spend as spend_commands
 from ledger.cli import store as store_commands
 from ledger.cli.common import console, fail
@@ -34,6 +35,7 @@ app.command()(store_commands.project)
 app.add_typer(spend_commands.spend_app, name="spend")
 app.command()(spend_commands.sql)
 app.command()(replay_commands.replay)
+app.command()(serve_commands.api)
 
 
 @app.command()

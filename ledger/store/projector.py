@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MESSAGES_MAX = 256  # usage messages carry up to 10,000 events each
 FETCH_TIMEOUT_MS = 200
+LAG_EVERY_S = 1.0
 PARTITION_FETCH_BYTES_MAX = 16 * 1024 * 1024  # a usage message may be 8 MiB
 
 
@@ -73,6 +74,7 @@ class Projector:
         self.count_tokens = count_tokens
         self.names = topic_names(settings.topic_prefix)
         self.stats = ProjectorStats()
+        self.lag_records = 0  # records on its topics not read yet (updated about once a second)
         self._rows_of: dict[str, Callable[[ConsumerRecord[bytes, bytes], StoreRows], None]] = {
             self.names.usage: self._usage,
             self.names.ledger_entries: self._entries,
@@ -106,7 +108,11 @@ class Projector:
             # Rows for one batch are built (Python) while the batch before is appended (DuckDB,
             # which releases the GIL); appends stay one at a time and in order.
             appending: asyncio.Task[None] | None = None
+            lag_at = 0.0
             while stop is None or not stop.is_set():
+                if time.monotonic() >= lag_at:
+                    self.lag_records = await self._lag(consumer)
+                    lag_at = time.monotonic() + LAG_EVERY_S
                 if until_caught_up and await self._caught_up(consumer, targets):
                     break
                 batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=BATCH_MESSAGES_MAX)
@@ -122,6 +128,15 @@ class Projector:
             await consumer.stop()
         self.stats.seconds += time.monotonic() - started
         return self.stats
+
+    @staticmethod
+    async def _lag(consumer: AIOKafkaConsumer) -> int:
+        behind = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                behind += max(0, highwater - await consumer.position(tp))
+        return behind
 
     @staticmethod
     async def _caught_up(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:

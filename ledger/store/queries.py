@@ -377,3 +377,91 @@ def _check_scope_key(scope_key: str) -> None:
         parse_scope_key(scope_key)
     except InvalidScope as exc:
         raise InvalidSpendQuery(str(exc)) from exc
+
+
+ALERTS_LISTED_MAX = 10_000
+DEAD_LETTERS_LISTED_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    """One budget alert as stored."""
+
+    alert_id: str
+    scope_key: str
+    alias: str | None
+    limit_name: str
+    kind: str
+    window_start: datetime
+    window_end: datetime | None
+    spend_nanos: int
+    max_budget_nanos: int | None
+    soft_budget_nanos: int | None
+    threshold_nanos: int
+    occurred_at: datetime
+    message: str
+
+
+def recent_alerts(
+    connection: duckdb.DuckDBPyConnection,
+    *,
+    scope_key: str | None = None,
+    kind: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> tuple[StoredAlert, ...]:
+    """The latest alerts (by when they occurred, newest first), optionally of one scope,
+    one kind, or from ``since`` on."""
+    _check_limit(limit, ALERTS_LISTED_MAX)
+    if scope_key is not None:
+        _check_scope_key(scope_key)
+    rows = connection.execute(
+        "SELECT alert_id, scope_key, alias, limit_name, kind, window_start, window_end, spend_nanos, "
+        "max_budget_nanos, soft_budget_nanos, threshold_nanos, occurred_at, message FROM budget_alerts "
+        "WHERE (?::VARCHAR IS NULL OR scope_key = ?) AND (?::VARCHAR IS NULL OR kind = ?) "
+        "AND (?::TIMESTAMPTZ IS NULL OR occurred_at >= ?) "
+        "ORDER BY occurred_at DESC, alert_id LIMIT ?",
+        [scope_key, scope_key, kind, kind, since, since, limit],
+    ).fetchall()
+    return tuple(StoredAlert(*row) for row in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """One dead letter as stored (the original bytes stay in the store, base64)."""
+
+    dead_letter_id: str
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+    stage: str
+    reason: str
+    detail: str
+    event_id: str | None
+
+
+def recent_dead_letters(
+    connection: duckdb.DuckDBPyConnection, *, reason: str | None = None, limit: int = 100
+) -> tuple[StoredDeadLetter, ...]:
+    """Dead letters, latest source offsets first, optionally of one reason."""
+    _check_limit(limit, DEAD_LETTERS_LISTED_MAX)
+    rows = connection.execute(
+        "SELECT dead_letter_id, source_topic, source_partition, source_offset, stage, reason, detail, event_id "
+        "FROM dead_letters WHERE (?::VARCHAR IS NULL OR reason = ?) "
+        "ORDER BY source_offset DESC NULLS LAST, source_partition DESC NULLS LAST, dead_letter_id LIMIT ?",
+        [reason, reason, limit],
+    ).fetchall()
+    return tuple(StoredDeadLetter(*row) for row in rows)
+
+
+def ledger_counts(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows stored: usage events, charges, adjustments and dead letters."""
+    (events,) = connection.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
+    entries = dict(connection.execute("SELECT kind, count(*) FROM ledger_entries GROUP BY kind").fetchall())
+    (dead,) = connection.execute("SELECT count(*) FROM dead_letters").fetchone() or (0,)
+    return {
+        "usage_events": int(events),
+        "charges": int(entries.get("charge", 0)),
+        "adjustments": int(entries.get("adjustment", 0)),
+        "dead_letters": int(dead),
+    }

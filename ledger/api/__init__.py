@@ -1,0 +1,1 @@
+"""The HTTP api (FastAPI): ingest, budgets, check, spend, replay, metrics."""

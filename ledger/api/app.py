@@ -1,0 +1,204 @@
+"""The api process's HTTP app (FastAPI): routes, error answers, and the services it hosts.
+
+Every error is ``{"error": {"message", "type", ...}}``; a body or query that does not
+validate is a 422 listing each field error (``fields``: location, message, type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger.api import budgets, history, litellm_routes
+from ledger.api.auth import AuthError
+from ledger.api.deps import CLIENT, ApiError, Services, error_response, now
+from ledger.api.ingest import BodyError, parse_usage_body, wire_events
+from ledger.api.metrics import CONTENT_TYPE, budget_metrics, counter_metrics, render
+from ledger.api.schemas import ErrorView, UsageAccepted
+from ledger.api.services import ApiServices
+from ledger.domain.events import UsageBatch, UsageEvent
+from ledger.settings import Settings
+from ledger.store.queries import ledger_counts
+
+FIELD_ERRORS_MAX = 100
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app, its services started and stopped with it."""
+    api = ApiServices(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await api.start()
+        try:
+            yield
+        finally:
+            await api.stop()
+
+    app = FastAPI(
+        title="spend-ledger",
+        version="0.1.0",
+        summary="Event-sourced spend ledger for LLM usage: ingest, budgets, check, spend, replay.",
+        lifespan=lifespan,
+    )
+    app.state.services = api
+    _add_error_handlers(app)
+    app.include_router(_ingest_router())
+    app.include_router(budgets.router)
+    app.include_router(history.router)
+    app.include_router(litellm_routes.router)
+    _add_operations(app)
+    _openapi_with_event_shapes(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.kind, **exc.extra)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        kind = "unauthorized" if exc.status == 401 else "forbidden"
+        return error_response(exc.status, exc.message, kind, headers=headers)
+
+    @app.exception_handler(BodyError)
+    async def body_error(request: Request, exc: BodyError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.kind, fields=exc.fields)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+            for error in exc.errors()[:FIELD_ERRORS_MAX]
+        ]
+        malformed = any(field["type"] == "json_invalid" for field in fields)
+        if malformed:
+            return error_response(400, "request body is not valid JSON", "malformed_json", fields=fields)
+        summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields[:5])
+        return error_response(422, f"invalid request: {summary}", "invalid_request", fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+
+
+USAGE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/UsageEvent"},
+                    {"$ref": "#/components/schemas/UsageBatch"},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/UsageEvent"}, "maxItems": 10_000},
+                ]
+            }
+        }
+    },
+}
+
+
+def _ingest_router() -> Any:
+    from fastapi import APIRouter
+
+    router = APIRouter(tags=["usage"])
+
+    @router.post(
+        "/v1/usage",
+        status_code=202,
+        dependencies=[CLIENT],
+        response_model=UsageAccepted,
+        responses={400: {"model": ErrorView}, 413: {"model": ErrorView}, 415: {"model": ErrorView}},
+        openapi_extra={"requestBody": USAGE_BODY},
+        summary="Publish usage events",
+    )
+    async def publish_usage(request: Request, api: Services) -> UsageAccepted:
+        """One event, ``{"events": [...]}`` or a list: all valid, or none published.
+        Answers once the broker has acknowledged every event."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+            raise ApiError(
+                415, f"send JSON (Content-Type: application/json), not {content_type!r}", "unsupported_media"
+            )
+        body = await request.body()
+        events = await run_in_threadpool(parse_usage_body, body, now()) if len(body) > 65_536 else None
+        if events is None:
+            events = parse_usage_body(body, now())
+        await api.publish_usage(wire_events(events))
+        return UsageAccepted(accepted=len(events), event_ids=[event.event_id for event in events])
+
+    return router
+
+
+def _openapi_with_event_shapes(app: FastAPI) -> None:
+    """/docs shows the shapes ``POST /v1/usage`` takes (the route reads its body itself,
+    to report every event's errors at once)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            _, definitions = models_json_schema(
+                [(UsageEvent, "validation"), (UsageBatch, "validation")], ref_template="#/components/schemas/{model}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_operations(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Ready to serve")
+    async def readyz(api: Services) -> JSONResponse:
+        """200 once budget state is loaded, the producer is up and the projector runs."""
+        detail = {
+            "budget_state_loaded": api.budget_state.ready.is_set(),
+            "scopes": len(api.budget_state.scope_keys()),
+            "projector_lag_records": 0 if api.projector is None else api.projector.lag_records,
+            "failure": None if api.failure is None else repr(api.failure),
+        }
+        if api.ready:
+            return JSONResponse({"status": "ready", **detail})
+        return JSONResponse({"status": "starting" if api.failure is None else "failed", **detail}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics(api: Services) -> PlainTextResponse:
+        def counts() -> dict[str, int]:
+            connection = api.reader()
+            try:
+                return ledger_counts(connection)
+            finally:
+                connection.close()
+
+        lags = {
+            "projector": 0 if api.projector is None else api.projector.lag_records,
+            "budget_state": api.budget_state.lag_records,
+        }
+        text = render(
+            [
+                budget_metrics(api.budget_state.all_states(), now()),
+                counter_metrics(await run_in_threadpool(counts), api.events_accepted, lags),
+            ]
+        )
+        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+
+def services_of(app: FastAPI) -> ApiServices:
+    found: ApiServices = app.state.services
+    return found

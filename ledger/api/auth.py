@@ -1,0 +1,57 @@
+"""Bearer keys: the master key for admin routes, an optional ingest key for clients.
+
+Clients (a gateway publishing usage and asking ``check``) may use the ingest key or the
+master key; everything that reads or changes budgets, spend and history needs the master
+key. Keys are compared in constant time. With no master key configured (a loopback-only
+dev api), every route is open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["admin", "client"]
+
+
+class AuthError(Exception):
+    """A request without the right key: 401 (no or malformed credentials) or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    master: str | None
+    ingest: str | None
+
+    @property
+    def open(self) -> bool:
+        return self.master is None
+
+
+def _same(given: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def authorize(keys: Keys, authorization: str | None, role: Role) -> None:
+    """Raise ``AuthError`` unless the ``Authorization`` header grants ``role``."""
+    if keys.open:
+        return
+    if not authorization:
+        raise AuthError(401, "missing Authorization header: send 'Authorization: Bearer <key>'")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError(401, "malformed Authorization header: expected 'Bearer <key>'")
+    if _same(token, keys.master):
+        return
+    if _same(token, keys.ingest):
+        if role == "client":
+            return
+        raise AuthError(403, "the ingest key may publish usage and check budgets only; this route needs the master key")
+    raise AuthError(403, "invalid key")

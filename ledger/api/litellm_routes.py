@@ -1,0 +1,65 @@
+"""LiteLLM's hosted BudgetManager endpoints: ``POST /get_budget`` and ``POST /set_budget``.
+
+A LiteLLM ``BudgetManager(project_name, client_type="hosted", api_base=...)`` pointed at
+this api reads and saves its users here. A save becomes budget commands (event-sourced
+like every other budget change) instead of replacing a stored dictionary, so two managers
+saving at once do not erase each other's users. See ``ledger.integrations.litellm_budget``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
+
+from ledger.api.deps import ADMIN, ApiError, Services, now
+from ledger.integrations.litellm_budget import (
+    InvalidBudgetDict,
+    commands_from_user_dict,
+    get_budget_response,
+    set_budget_response,
+    user_dict,
+)
+
+router = APIRouter(tags=["litellm"], dependencies=[ADMIN])
+USERS_MAX = 10_000
+
+
+class ProjectRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    project_name: str = Field(min_length=1, max_length=256)
+
+
+class SaveRequest(ProjectRequest):
+    user_dict: dict[str, Any] = Field(max_length=USERS_MAX)
+
+
+@router.post("/get_budget", summary="LiteLLM hosted BudgetManager: load")
+async def get_budget(api: Services, request: Annotated[ProjectRequest, Body()]) -> dict[str, Any]:
+    """``{"status": "success", "data": user_dict}`` of every ``user:`` scope with a budget."""
+    states = {
+        key: state
+        for key in api.budget_state.scope_keys()
+        if key.startswith("user:")
+        if (state := api.budget_state.state(key)) is not None
+    }
+    return get_budget_response(user_dict(states, now()))
+
+
+@router.post("/set_budget", summary="LiteLLM hosted BudgetManager: save")
+async def set_budget(api: Services, request: Annotated[SaveRequest, Body()]) -> dict[str, Any]:
+    """Turn a saved ``user_dict`` into budget commands (new or changed budgets, resets)."""
+    users = [f"user:{name}" for name in request.user_dict if isinstance(name, str)]
+    current = {key: state for key in users if (state := api.budget_state.state(key)) is not None}
+    try:
+        commands = commands_from_user_dict(
+            request.project_name, request.user_dict, current, now(), id_prefix=f"litellm-{uuid.uuid4().hex[:16]}"
+        )
+    except InvalidBudgetDict as exc:
+        raise ApiError(422, str(exc), "invalid_request") from exc
+    for command in commands:
+        await api.publish_command(command)
+    return set_budget_response(len(commands))

@@ -1,0 +1,139 @@
+"""What the api process runs besides HTTP: the producer, the budget-state follower and the
+projector (the store's single writer), started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from ledger.api.auth import Keys
+from ledger.api.state import BudgetStateCache
+from ledger.domain.budgets import BudgetCommand
+from ledger.kafka import client_options, ensure_topics
+from ledger.publishing import usage_messages
+from ledger.settings import Settings
+from ledger.store.projector import Projector
+from ledger.store.schema import open_store
+from ledger.tokenizer import count_tokens
+from ledger.topics import TopicNames, topic_names
+
+log = logging.getLogger(__name__)
+
+PRODUCER_REQUEST_BYTES_MAX = 16 * 1024 * 1024
+PRODUCER_LINGER_MS = 1
+STARTUP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where the broker put a record: (partition, offset)."""
+
+    partition: int
+    offset: int
+
+
+class ApiServices:
+    """The api's long-lived parts. ``start`` returns once the broker answers; ``ready`` is
+    set when budget state was read to its end and the projector runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names: TopicNames = topic_names(settings.topic_prefix)
+        self.keys = Keys(
+            master=None if settings.master_key is None else settings.master_key.get_secret_value(),
+            ingest=None if settings.ingest_key is None else settings.ingest_key.get_secret_value(),
+        )
+        self.budget_state = BudgetStateCache(settings)
+        self.store: duckdb.DuckDBPyConnection | None = None
+        self.projector: Projector | None = None
+        self.events_accepted = 0
+        self.started_at = time.time()
+        self._producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[object]] = []
+        self.failure: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._producer is not None
+            and self.budget_state.ready.is_set()
+            and self.failure is None
+            and all(not task.done() for task in self._tasks)
+        )
+
+    async def start(self) -> None:
+        await asyncio.wait_for(ensure_topics(self.settings), STARTUP_TIMEOUT_S)
+        self.store = open_store(self.settings.duckdb_path)
+        self.projector = Projector(self.settings, self.store, count_tokens)
+        producer = AIOKafkaProducer(
+            **client_options(self.settings),
+            acks="all",
+            linger_ms=PRODUCER_LINGER_MS,
+            max_request_size=PRODUCER_REQUEST_BYTES_MAX,
+        )
+        await producer.start()
+        self._producer = producer
+        self._tasks = [
+            asyncio.create_task(self._guard("budget-state follower", self.budget_state.follow(self._stop))),
+            asyncio.create_task(self._guard("projector", self.projector.run(self._stop))),
+        ]
+
+    async def _guard(self, name: str, work: object) -> None:
+        try:
+            await work  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.failure = exc
+            log.exception("the %s stopped: %r", name, exc)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+            for task in self._tasks:
+                task.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own onto the store, for one request (reads see committed rows)."""
+        if self.store is None:
+            raise RuntimeError("the store is not open")
+        return self.store.cursor()
+
+    # -- publishing ------------------------------------------------------------------
+
+    def _ready_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the producer is not started")
+        return self._producer
+
+    async def publish_usage(self, events: Sequence[dict[str, object]]) -> None:
+        """Publish events (wire shape) to ``usage``; returns once the broker acknowledged
+        every message."""
+        producer = self._ready_producer()
+        futures = [await producer.send(self.names.usage, value, key=key) for key, value in usage_messages(list(events))]
+        await asyncio.gather(*futures)
+        self.events_accepted += len(events)
+
+    async def publish_command(self, command: BudgetCommand) -> Published:
+        """Publish a budget command keyed by its scope; where it landed."""
+        producer = self._ready_producer()
+        value = command.model_dump_json().encode()
+        metadata: RecordMetadata = await producer.send_and_wait(
+            self.names.budget_commands, value, key=command.scope_key.encode()
+        )
+        return Published(metadata.partition, metadata.offset)

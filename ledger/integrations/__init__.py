@@ -1,0 +1,1 @@
+"""Adapters between other tools' budget and usage shapes and the ledger's domain."""
