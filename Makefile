@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/spend-ledger demo
+	$(BIN)/spend-ledger dev --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

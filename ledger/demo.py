@@ -1,5 +1,6 @@
 """A tour of the domain core with no services: price a day of sample calls, fold them
-into budgets, and show the result. ``make run`` runs it until the live stack exists."""
+into budgets, and show the result (``spend-ledger demo``). ``spend-ledger dev --demo``
+sends the same budgets and calls to the live stack."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from ledger.domain.budgets import BudgetAlert, BudgetCommand, BudgetSpec, Budget
 from ledger.domain.errors import LedgerError
 from ledger.domain.events import TokenUsage, UsageEvent
 from ledger.domain.fold import apply_command, charge, new_state
-from ledger.domain.money import usd_to_nanos
+from ledger.domain.money import format_usd, usd_to_nanos
 from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry, price_event
 from ledger.tokenizer import count_tokens
 
 DEMO_START = datetime(2025, 11, 3, 9, 0, tzinfo=UTC)
+UNPRICED_DEMO_MODEL = "acme-private-llm"  # no price book knows it: its call is a dead letter
 
 
 @dataclass
@@ -61,9 +63,12 @@ def demo_commands() -> list[BudgetCommand]:
     ]
 
 
-def demo_events() -> list[UsageEvent]:
+def demo_events(
+    start: datetime = DEMO_START, *, step: timedelta = timedelta(minutes=7), id_prefix: str = "demo-"
+) -> list[UsageEvent]:
     """A morning of calls across three providers, a text-only call, an unpriced model
-    and a duplicate delivery."""
+    and a duplicate delivery. The i-th call occurs at ``start + i * step``; ``spend-ledger
+    dev --demo`` sends them all at once (``step`` 0) under ids unique to its run."""
     calls = [
         ("alice", "research", "sk-alice", "gpt-4o", "openai", TokenUsage(prompt_tokens=1_200, completion_tokens=400)),
         (
@@ -101,12 +106,12 @@ def demo_events() -> list[UsageEvent]:
             TokenUsage(prompt_tokens=6_000, completion_tokens=1_200, cache_write_tokens=4_000),
         ),
         ("carol", "support", "sk-ci", "gpt-4o-mini", "openai", TokenUsage(prompt_tokens=5_000, completion_tokens=800)),
-        ("bob", "research", "sk-bob", "acme-private-llm", None, TokenUsage(prompt_tokens=500, completion_tokens=100)),
+        ("bob", "research", "sk-bob", UNPRICED_DEMO_MODEL, None, TokenUsage(prompt_tokens=500, completion_tokens=100)),
     ]
     events = [
         UsageEvent(
-            event_id=f"demo-{i:03d}",
-            occurred_at=DEMO_START + timedelta(minutes=7 * i),
+            event_id=f"{id_prefix}{i:03d}",
+            occurred_at=start + step * i,
             user_id=user,
             team_id=team,
             key_id=key,
@@ -119,8 +124,8 @@ def demo_events() -> list[UsageEvent]:
     ]
     events.append(
         UsageEvent(
-            event_id="demo-text-only",
-            occurred_at=DEMO_START + timedelta(minutes=75),
+            event_id=f"{id_prefix}text-only",
+            occurred_at=start + step * 75 / 7,  # 75 minutes in the default spacing
             user_id="carol",
             team_id="support",
             key_id="sk-ci",
@@ -132,6 +137,26 @@ def demo_events() -> list[UsageEvent]:
     )
     events.append(events[0])  # a producer retry: same event_id, charged once
     return events
+
+
+def demo_budget_requests() -> list[tuple[str, str, dict[str, str]]]:
+    """The first limit of each of ``demo_commands``' budgets as ``(kind, id, body)`` of
+    ``PUT /v1/budgets/{kind}/{id}``, money as exact USD text: what ``dev --demo`` sets."""
+    requests = []
+    for command in demo_commands():
+        kind, scope_id = command.scope_key.split(":", 1)
+        spec = command.budgets[0]
+        body: dict[str, str] = {}
+        if spec.duration is not None:
+            body["budget_duration"] = spec.duration
+        if spec.max_budget_nanos is not None:
+            body["max_budget"] = format_usd(spec.max_budget_nanos)
+        if spec.soft_budget_nanos is not None:
+            body["soft_budget"] = format_usd(spec.soft_budget_nanos)
+        if command.alias is not None:
+            body["alias"] = command.alias
+        requests.append((kind, scope_id, body))
+    return requests
 
 
 def run_demo(book: PriceBook) -> DemoResult:

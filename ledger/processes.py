@@ -1,7 +1,8 @@
-"""Child processes of the ledger (a worker, later the api), started and stopped by pid.
+"""Child processes of the ledger (a worker, the api, the broker), started and stopped by pid.
 
 Used by ``spend-ledger dev``, the tests and the benchmarks: each child gets its settings
-through the environment and dies with its parent (PR_SET_PDEATHSIG on Linux).
+through the environment and dies with its parent (PR_SET_PDEATHSIG on Linux). Its output
+goes to a log file, or to a pipe the parent reads (``pipe_output``).
 """
 
 from __future__ import annotations
@@ -19,19 +20,50 @@ STOP_TIMEOUT_S = 20.0
 
 
 class ChildProcess:
-    """One ``spend-ledger <command>`` child with its own environment and log file."""
+    """One ``spend-ledger <command>`` child with its own environment and log file.
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path | None = None) -> None:
+    ``pipe_output``: stdout and stderr go to one pipe, read through ``output`` (instead of
+    ``log_path``). ``new_session``: the child runs in its own session, so a Ctrl-C in the
+    terminal reaches only the parent, which then stops its children in its own order.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path | None = None,
+        *,
+        pipe_output: bool = False,
+        new_session: bool = False,
+    ) -> None:
+        if pipe_output and log_path is not None:
+            raise ValueError("a child's output goes to a log file or to a pipe, not both")
         self._command = command
         self._env = env
         self._log_path = log_path
+        self._pipe_output = pipe_output
+        self._new_session = new_session
         self._log: IO[bytes] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def command(cls, arguments: list[str], env: dict[str, str], log_path: Path | None = None) -> Self:
+    def command(
+        cls,
+        arguments: list[str],
+        env: dict[str, str],
+        log_path: Path | None = None,
+        *,
+        pipe_output: bool = False,
+        new_session: bool = False,
+    ) -> Self:
         """``spend-ledger <arguments>`` with ``env`` added to this process's environment."""
-        return cls([sys.executable, "-m", "ledger.cli.main", *arguments], env, log_path)
+        return cls(
+            [sys.executable, "-m", "ledger.cli.main", *arguments],
+            env,
+            log_path,
+            pipe_output=pipe_output,
+            new_session=new_session,
+        )
 
     @classmethod
     def worker(cls, env: dict[str, str], log_path: Path | None = None) -> Self:
@@ -42,15 +74,35 @@ class ChildProcess:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def output(self) -> IO[bytes]:
+        """The read end of the child's stdout and stderr (``pipe_output`` only)."""
+        assert self._process is not None, "not started"
+        assert self._process.stdout is not None, "not started with pipe_output"
+        return self._process.stdout
+
+    @property
+    def exit_code(self) -> int | None:
+        """The child's exit code once it has exited (negative: killed by that signal)."""
+        return None if self._process is None else self._process.poll()
+
     def start(self) -> Self:
-        if self._log_path is not None:
+        output: IO[bytes] | int
+        if self._pipe_output:
+            output = subprocess.PIPE
+        elif self._log_path is not None:
             self._log = self._log_path.open("ab")
-        output = self._log if self._log is not None else subprocess.DEVNULL
+            output = self._log
+        else:
+            output = subprocess.DEVNULL
         self._process = subprocess.Popen(
             self._command,
             env={**os.environ, **self._env},
+            stdin=subprocess.DEVNULL if self._new_session else None,
             stdout=output,
             stderr=subprocess.STDOUT,
+            # setsid() runs in the child before preexec_fn, then exec: both apply.
+            start_new_session=self._new_session,
             preexec_fn=_die_with_parent,
         )
         return self

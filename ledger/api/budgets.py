@@ -70,7 +70,7 @@ async def _write(
 
 
 @router.put(
-    "/v1/budgets/{kind}/{scope_id}",
+    "/v1/budgets/{kind}/{scope_id:path}",
     dependencies=[ADMIN],
     response_model=BudgetWritten,
     responses={202: {"model": BudgetWritten}, 422: {"model": ErrorView}},
@@ -89,22 +89,18 @@ async def put_budget(
 
 
 @router.delete(
-    "/v1/budgets/{kind}/{scope_id}", dependencies=[ADMIN], response_model=BudgetWritten, summary="Remove budgets"
+    "/v1/budgets/{kind}/{scope_id:path}", dependencies=[ADMIN], response_model=BudgetWritten, summary="Remove budgets"
 )
 async def delete_budget(api: Services, kind: KindPath, scope_id: IdPath) -> JSONResponse:
     """Remove every limit of the scope (its spend history stays)."""
     key = _scope(kind, scope_id)
     if not _has_limits(api.budget_state.state(key)):
         raise ApiError(404, f"{key} has no budget", "not_found")
-    return await _write(
-        api,
-        key,
-        "delete",
-    )
+    return await _write(api, key, "delete")
 
 
 @router.post(
-    "/v1/budgets/{kind}/{scope_id}/reset",
+    "/v1/budgets/{kind}/{scope_id:path}/reset",
     dependencies=[ADMIN],
     response_model=BudgetWritten,
     summary="Open a new window now",
@@ -128,7 +124,7 @@ async def reset_budget(
     return await _write(api, key, "reset", limit_name=limit_name)
 
 
-@router.get("/v1/budgets/{kind}/{scope_id}", dependencies=[ADMIN], response_model=BudgetView, summary="One scope")
+@router.get("/v1/budgets/{kind}/{scope_id:path}", dependencies=[ADMIN], response_model=BudgetView, summary="One scope")
 async def get_budget(api: Services, kind: KindPath, scope_id: IdPath) -> BudgetView:
     """The scope's limits, window spend and ``budget_reset_at``, as the worker holds them."""
     key = _scope(kind, scope_id)

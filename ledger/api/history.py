@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ledger.api.deps import ADMIN, ApiError, Services, now
 from ledger.api.schemas import ReplayRequest, usd
 from ledger.api.services import ApiServices
+from ledger.domain.budgets import AlertKind
 from ledger.domain.errors import InvalidPriceBook
 from ledger.domain.prices import PriceBook, load_price_book
 from ledger.pricebooks.genai import genai_prices_book
@@ -121,7 +122,7 @@ async def spend(
 async def alerts(
     api: Services,
     scope: Annotated[str | None, Query(description="only this scope key")] = None,
-    kind: Annotated[str | None, Query(description="exceeded, soft-threshold, reset or recovered")] = None,
+    kind: Annotated[AlertKind | None, Query(description="exceeded, soft-threshold, reset or recovered")] = None,
     since: Annotated[datetime | None, Query(description="occurred at or after (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> dict[str, Any]:
