@@ -12,10 +12,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ledger.cli import alerts as alert_commands
+from ledger.cli import budgets as budget_commands
+from ledger.cli import dev as dev_commands
+from ledger.cli import prices as price_commands
 from ledger.cli import replay as replay_commands
 from ledger.cli import serve as serve_commands
 from ledger.cli import spend as spend_commands
 from ledger.cli import store as store_commands
+from ledger.cli import usage as usage_commands
 from ledger.cli.common import console, fail
 from ledger.domain.errors import LedgerError
 from ledger.domain.money import format_usd
@@ -28,7 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 prices_app = typer.Typer(
-    help="Price books: show what a model costs, import LiteLLM's price file.", no_args_is_help=True
+    help="Price books: show what a model costs, convert LiteLLM's price file, publish a book to the workers.",
+    no_args_is_help=True,
 )
 app.add_typer(prices_app, name="prices")
 app.command()(store_commands.project)
@@ -36,6 +42,12 @@ app.add_typer(spend_commands.spend_app, name="spend")
 app.command()(spend_commands.sql)
 app.command()(replay_commands.replay)
 app.command()(serve_commands.api)
+app.command()(dev_commands.dev)
+app.add_typer(budget_commands.budgets_app, name="budgets")
+app.command()(usage_commands.check)
+app.command()(usage_commands.publish)
+app.add_typer(alert_commands.alerts_app, name="alerts")
+prices_app.command("import")(price_commands.prices_import)
 
 
 @app.command()

@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ledger.broker import EmbeddedBroker
+from ledger.broker import EmbeddedBroker, free_port
 from ledger.domain.snapshots import BudgetSnapshot
 from ledger.kafka import end_offsets, ensure_topics
 from ledger.processes import ChildProcess
@@ -25,6 +26,7 @@ from ledger.tokenizer import count_tokens
 from ledger.topics import TopicNames, internal_topic_names, topic_names
 
 WAIT_S = 60.0
+API_READY_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +58,7 @@ class Ledger:
         self.topics: TopicNames = topic_names(self.prefix)
         self.log_dir = log_dir
         self.workers: list[ChildProcess] = []
+        self.apis: list[ApiProcess] = []
         asyncio.run(ensure_topics(self.settings))
 
     def start_worker(self) -> ChildProcess:
@@ -64,7 +67,15 @@ class Ledger:
         self.workers.append(worker)
         return worker
 
+    def start_api(self, store_path: Path, master_key: str | None = None) -> ApiProcess:
+        """``spend-ledger api`` on a free loopback port with its own store, once ready."""
+        api = ApiProcess(self, store_path, master_key).start()
+        self.apis.append(api)
+        return api
+
     def stop_all(self) -> None:
+        for api in self.apis:
+            api.stop()
         for worker in self.workers:
             worker.stop()
 
@@ -174,6 +185,47 @@ class Ledger:
             return {r.key.decode(): BudgetSnapshot.model_validate_json(r.value) for r in records if r.value}
 
         return latest(self.read(self.topics.budget_state, lambda records: until(latest(records))))
+
+
+class ApiProcess:
+    """The api process of a ``Ledger``: a free loopback port, its own DuckDB file and
+    (optionally) a master key; started once ``/readyz`` answers 200, stopped by pid."""
+
+    def __init__(self, ledger: Ledger, store_path: Path, master_key: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.master_key = master_key
+        self.log_path = ledger.log_dir / f"api-{ledger.prefix}{self.port}.log"
+        env = {
+            **ledger.env,
+            "SPEND_LEDGER_API_HOST": "127.0.0.1",
+            "SPEND_LEDGER_API_PORT": str(self.port),
+            "SPEND_LEDGER_DUCKDB_PATH": str(store_path),
+        }
+        if master_key is not None:
+            env["SPEND_LEDGER_MASTER_KEY"] = master_key
+        self.process = ChildProcess.command(["api"], env, self.log_path)
+
+    def start(self, timeout_s: float = API_READY_TIMEOUT_S) -> ApiProcess:
+        self.process.start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self.process.running():
+                raise AssertionError(
+                    f"the api exited with {self.process.exit_code}: {self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.process.stop()
+                raise AssertionError(f"the api was not ready within {timeout_s} s: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
 @pytest.fixture
