@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PRODUCER_REQUEST_BYTES_MAX = 16 * 1024 * 1024
 PRODUCER_LINGER_MS = 1
 STARTUP_TIMEOUT_S = 60.0
+PROJECTOR_FETCH_WAIT_MS = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,8 @@ class ApiServices:
     async def start(self) -> None:
         await asyncio.wait_for(ensure_topics(self.settings), STARTUP_TIMEOUT_S)
         self.store = open_store(self.settings.duckdb_path)
-        self.projector = Projector(self.settings, self.store, count_tokens)
+        # The api's projector is not on anyone's hot path: fewer, longer idle fetches.
+        self.projector = Projector(self.settings, self.store, count_tokens, fetch_max_wait_ms=PROJECTOR_FETCH_WAIT_MS)
         producer = AIOKafkaProducer(
             **client_options(self.settings),
             acks="all",

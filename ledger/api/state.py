@@ -24,6 +24,9 @@ from ledger.topics import topic_names
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 100
+# An idle fetch returns after this long (the embedded broker always waits it out): fresh
+# enough for check, and four times fewer idle round trips than the worker's setting.
+FETCH_MAX_WAIT_MS = 100
 FETCH_RECORDS_MAX = 5_000
 
 
@@ -100,7 +103,7 @@ class BudgetStateCache:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         await consumer.start()
         try:

@@ -68,8 +68,16 @@ def input_topics(names: TopicNames) -> tuple[str, ...]:
 class Projector:
     """Reads the topics into ``connection`` (the store's one writing connection)."""
 
-    def __init__(self, settings: Settings, connection: duckdb.DuckDBPyConnection, count_tokens: TokenCounter):
+    def __init__(
+        self,
+        settings: Settings,
+        connection: duckdb.DuckDBPyConnection,
+        count_tokens: TokenCounter,
+        *,
+        fetch_max_wait_ms: int | None = None,
+    ):
         self.settings = settings
+        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
         self.connection = connection
         self.count_tokens = count_tokens
         self.names = topic_names(settings.topic_prefix)
@@ -97,7 +105,7 @@ class Projector:
             # restarts at the log's start: records may be read again (their keys drop
             # them), never skipped. Telling a new log from the old one is for restore.
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_bytes=4 * PARTITION_FETCH_BYTES_MAX,
         )

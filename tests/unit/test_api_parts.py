@@ -186,3 +186,21 @@ def test_counter_metrics_name_every_count_and_lag():
     assert "spend_ledger_events_charged_total 7\n" in text
     assert "spend_ledger_events_dead_lettered_total 2\n" in text
     assert 'spend_ledger_lag_records{reader="projector"} 3\n' in text
+
+
+def test_check_views_have_exactly_the_documented_fields():
+    from ledger.api.schemas import ScopeCheckView, check_views
+    from ledger.domain.checks import call_scopes, check
+
+    command = BudgetCommand(
+        command_id="c1",
+        scope_key="team:ml",
+        action="upsert",
+        issued_at=NOW,
+        budgets=BudgetRequest(max_budget=Decimal("0.5"), budget_duration="1d", model_max_budget={"o3": 1}).specs(),
+    )
+    team, _ = apply_command(new_state("team:ml"), command)
+    views = check_views(check({"team:ml": team}, call_scopes(team="ml"), "o3", NOW))
+    for view in views:
+        assert ScopeCheckView.model_validate(view).model_dump() == view
+    assert [limit["name"] for limit in views[1]["limits"]] == ["1d", "model:o3:1d"]
