@@ -4,6 +4,7 @@ projector (the store's single writer), started and stopped together."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ class ApiServices:
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[object]] = []
+        self._freezer: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
 
     @property
@@ -87,6 +89,14 @@ class ApiServices:
             asyncio.create_task(self._guard("budget-state follower", self.budget_state.follow(self._stop))),
             asyncio.create_task(self._guard("projector", self.projector.run(self._stop))),
         ]
+        self._freezer = asyncio.create_task(self._freeze_once_loaded())
+
+    async def _freeze_once_loaded(self) -> None:
+        """Move what was loaded at start out of the garbage collector's sight: a full
+        collection over every parsed state stalled requests for 66-190 ms (bench.check)."""
+        await self.budget_state.ready.wait()
+        gc.collect()
+        gc.freeze()
 
     async def _guard(self, name: str, work: object) -> None:
         try:
@@ -99,6 +109,8 @@ class ApiServices:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._freezer is not None:
+            self._freezer.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
             for task in self._tasks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 from typing import Annotated
@@ -9,6 +10,8 @@ from typing import Annotated
 import typer
 
 from ledger.cli.common import console, fail
+
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def is_loopback(host: str) -> bool:
@@ -58,6 +61,9 @@ def api(
             timeout_graceful_shutdown=10,
         )
     )
+    # Fewer, larger young-generation collections: the api allocates per request, and keeps
+    # few of those objects (bench.check's p99.9 came from collections, not from requests).
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     server.run()
     if not server.started:
         raise typer.Exit(code=1)
