@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -87,6 +88,11 @@ def _add_error_handlers(app: FastAPI) -> None:
             return error_response(400, "request body is not valid JSON", "malformed_json", fields=fields)
         summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields[:5])
         return error_response(422, f"invalid request: {summary}", "invalid_request", fields=fields)
+
+    @app.exception_handler(KafkaError)
+    async def broker_error(request: Request, exc: KafkaError) -> JSONResponse:
+        message = f"the broker did not acknowledge the write ({exc!r}); nothing is confirmed, retry with the same ids"
+        return error_response(503, message, "broker_unavailable", headers={"retry-after": "1"})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

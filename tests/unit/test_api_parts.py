@@ -204,3 +204,20 @@ def test_check_views_have_exactly_the_documented_fields():
     for view in views:
         assert ScopeCheckView.model_validate(view).model_dump() == view
     assert [limit["name"] for limit in views[1]["limits"]] == ["1d", "model:o3:1d"]
+
+
+def test_api_refuses_a_non_loopback_address_without_a_master_key(monkeypatch):
+    from typer.testing import CliRunner
+
+    from ledger.cli.main import app
+    from ledger.cli.serve import is_loopback
+
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("10.0.0.5")
+    monkeypatch.delenv("SPEND_LEDGER_MASTER_KEY", raising=False)
+    result = CliRunner().invoke(app, ["api", "--host", "0.0.0.0", "--port", "0"])
+    assert result.exit_code == 2
+    assert "without a master key" in " ".join(result.output.split())
