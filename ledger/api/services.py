@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER_REQUEST_BYTES_MAX = 16 * 1024 * 1024
 PRODUCER_LINGER_MS = 1
+PRODUCER_TIMEOUT_MS = 10_000  # a write the broker does not acknowledge by then answers 503
 STARTUP_TIMEOUT_S = 60.0
 PROJECTOR_FETCH_WAIT_MS = 250
 
@@ -82,6 +83,7 @@ class ApiServices:
             acks="all",
             linger_ms=PRODUCER_LINGER_MS,
             max_request_size=PRODUCER_REQUEST_BYTES_MAX,
+            request_timeout_ms=PRODUCER_TIMEOUT_MS,
         )
         await producer.start()
         self._producer = producer
