@@ -162,7 +162,8 @@ def open_store(path: Path, *, read_only: bool = False, sandboxed: bool = False) 
             raise
         raise StoreUnavailable(
             f"the ledger store {path} is open for writing by another process (the api or the projector); "
-            f"query it through the api, or stop that process first. DuckDB said: {exc}"
+            "ask the api instead (GET /v1/spend, /v1/alerts, /v1/dead-letters, POST /v1/replay), "
+            f"or stop that process first. DuckDB said: {exc}"
         ) from exc
     connection.execute("SET TimeZone = 'UTC'")
     if sandboxed:  # last: a locked configuration refuses even the time zone above
