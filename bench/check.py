@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaProducer
 
+from bench.live import publish
 from ledger.broker import EmbeddedBroker, free_port
 from ledger.domain.budgets import BudgetCommand, BudgetSpec
 from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import price_event
 from ledger.domain.scopes import GLOBAL_SCOPE
-from ledger.kafka import client_options, ensure_topics
+from ledger.kafka import ensure_topics
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.processes import ChildProcess
 from ledger.publishing import usage_messages
@@ -79,7 +79,6 @@ CONNECTIONS_MAX = 32
 TIMER_EARLY_S = 0.001
 IN_FLIGHT_MAX = 2_000  # beyond this a scheduled request is counted as an error, not sent
 DRAIN_TIMEOUT_S = REQUEST_TIMEOUT_S + 2.0
-PUBLISH_REQUEST_BYTES_MAX = 16 * 1024 * 1024
 BATCH_EVENTS = 1_000
 IDLE_SECONDS = 3.0  # the api's CPU use with no requests, measured before the load
 
@@ -241,17 +240,6 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def publish(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(**client_options(settings), linger_ms=5, max_request_size=PUBLISH_REQUEST_BYTES_MAX)
-    await producer.start()
-    try:
-        for key, value in messages:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def wait_until(what: str, timeout_s: float, probe: Any) -> Any:
