@@ -43,7 +43,9 @@ HEARTBEAT_INTERVAL_S = 0.3
 # The worker gives up on a clean shutdown after this; the dev process SIGKILLs a child
 # that outlives its stop bound.
 WORKER_SHUTDOWN_TIMEOUT_S = 8
-STOP_TIMEOUT_S = {"api": 10.0, "worker": WORKER_SHUTDOWN_TIMEOUT_S + 4.0, "broker": 5.0}
+# Each child bounds its own shutdown (the api within about 10 s, the worker at
+# WORKER_SHUTDOWN_TIMEOUT_S); SIGKILL comes only well after, for a child that hangs.
+STOP_TIMEOUT_S = {"api": 20.0, "worker": WORKER_SHUTDOWN_TIMEOUT_S + 12.0, "broker": 5.0}
 MASTER_KEY_PREFIX = "sk-dev-"
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER_REQUEST_BYTES_MAX = 16 * 1024 * 1024
 PRODUCER_LINGER_MS = 1
+TASKS_STOP_TIMEOUT_S = 5.0
 PRODUCER_TIMEOUT_MS = 10_000  # a write the broker does not acknowledge by then answers 503
 STARTUP_TIMEOUT_S = 60.0
 PROJECTOR_FETCH_WAIT_MS = 250
@@ -114,7 +115,7 @@ class ApiServices:
         if self._freezer is not None:
             self._freezer.cancel()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+            await asyncio.wait(self._tasks, timeout=TASKS_STOP_TIMEOUT_S)
             for task in self._tasks:
                 task.cancel()
         if self._producer is not None:

@@ -12,6 +12,7 @@ import typer
 from ledger.cli.common import console, fail
 
 GC_YOUNG_THRESHOLD = 50_000
+SHUTDOWN_GRACE_S = 5  # open requests get this long after SIGTERM
 
 
 def is_loopback(host: str) -> bool:
@@ -58,7 +59,7 @@ def api(
             log_level=level if level != "warning" else "warning",
             access_log=level == "debug",
             lifespan="on",
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
     )
     # Fewer, larger young-generation collections: the api allocates per request, and keeps

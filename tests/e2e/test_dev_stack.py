@@ -104,7 +104,7 @@ def test_a_stop_signal_stops_api_worker_and_broker_in_order_and_exits_0(
 
     stop(run)
 
-    assert run.wait() == 0, run.stderr()
+    assert run.wait() == 0, run.stderr() + run.stdout()[-4000:]
     assert {name: pid for name, pid in pids.items() if alive(pid)} == {}
     assert re.findall(r"^dev +\| stopping the (\w+) \(pid", run.stdout(), re.M) == ["api", "worker", "broker"]
     assert run.stdout().rstrip().endswith("dev    | stopped")
