@@ -49,7 +49,7 @@ async def follow_alerts(
     )
     try:
         await consumer.start()
-        partitions = await _partitions(consumer, topic)
+        partitions = await topic_partitions(consumer, topic)
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
@@ -79,7 +79,8 @@ async def follow_alerts(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, waiting up to TOPIC_WAIT_S for a worker to create it."""
     deadline = asyncio.get_running_loop().time() + TOPIC_WAIT_S
     while True:
         found = consumer.partitions_for_topic(topic)
