@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import Self, TypeVar
 
 import httpx
 
@@ -40,9 +40,7 @@ from ledger.client.calls import (
     spend_call,
     usage_bodies,
 )
-
-if TYPE_CHECKING:
-    from ledger.settings import Settings
+from ledger.settings import Settings
 
 T = TypeVar("T")
 TIMEOUT_S_DEFAULT = 30.0
@@ -67,8 +65,10 @@ class LedgerClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout_s: float = TIMEOUT_S_DEFAULT) -> Self:
-        """A client of ``settings.api_url`` with the master key (else the ingest key)."""
+    def from_settings(cls, settings: Settings | None = None, timeout_s: float = TIMEOUT_S_DEFAULT) -> Self:
+        """A client of ``settings.api_url`` (default: from the environment) with the master
+        key (else the ingest key)."""
+        settings = settings if settings is not None else Settings()
         return cls(settings.api_url, key_of(settings), timeout_s)
 
     def close(self) -> None:
@@ -218,8 +218,10 @@ class AsyncLedgerClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout_s: float = TIMEOUT_S_DEFAULT) -> Self:
-        """A client of ``settings.api_url`` with the master key (else the ingest key)."""
+    def from_settings(cls, settings: Settings | None = None, timeout_s: float = TIMEOUT_S_DEFAULT) -> Self:
+        """A client of ``settings.api_url`` (default: from the environment) with the master
+        key (else the ingest key)."""
+        settings = settings if settings is not None else Settings()
         return cls(settings.api_url, key_of(settings), timeout_s)
 
     async def close(self) -> None:
