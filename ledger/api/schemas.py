@@ -143,6 +143,7 @@ class LimitView(BaseModel):
     window_start: datetime
     budget_reset_at: datetime | None
     exceeded: bool
+    anchor: datetime | None = Field(default=None, description="when the limit's series of windows began")
 
     @classmethod
     def of(cls, limit: LimitState) -> LimitView:
@@ -162,6 +163,7 @@ class LimitView(BaseModel):
             window_start=limit.window_start,
             budget_reset_at=limit.window_end,
             exceeded=limit.exceeded,
+            anchor=limit.anchor,
         )
 
 
@@ -187,6 +189,7 @@ class BudgetView(BaseModel):
     total_spend: float
     total_spend_nanos: int
     exceeded: bool
+    entry_count: int = Field(default=0, description="ledger entries charged to the scope so far")
 
     @classmethod
     def of(cls, state: BudgetState) -> BudgetView:
@@ -211,6 +214,7 @@ class BudgetView(BaseModel):
             total_spend=usd(state.total_spend_nanos) or 0.0,
             total_spend_nanos=state.total_spend_nanos,
             exceeded=state.exceeded,
+            entry_count=state.entry_count,
         )
 
 

@@ -107,6 +107,7 @@ class LimitInfo(Answer):
     window_start: datetime
     budget_reset_at: datetime | None = None
     exceeded: bool = False
+    anchor: datetime | None = None  # when the limit's series of windows began
 
     @property
     def soft_reached(self) -> bool:
@@ -123,6 +124,7 @@ class BudgetInfo(Answer):
     limits: list[LimitInfo] = Field(default_factory=list)
     total_spend_nanos: int = 0
     exceeded: bool = False
+    entry_count: int = 0  # ledger entries charged to the scope so far
 
 
 class BudgetWrite(BudgetInfo):

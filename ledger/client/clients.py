@@ -57,11 +57,15 @@ class LedgerClient:
         timeout_s: float = TIMEOUT_S_DEFAULT,
         *,
         transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers_for(key), timeout=timeout_s, transport=transport
+            base_url=self.base_url,
+            headers={**headers_for(key), **(headers or {})},
+            timeout=timeout_s,
+            transport=transport,
         )
 
     @classmethod
@@ -80,7 +84,8 @@ class LedgerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, call: Call[T]) -> T:
+    def run(self, call: Call[T]) -> T:
+        """Send one prepared call (``ledger.client.calls``) and decode its answer."""
         try:
             response = self._http.request(
                 call.method,
@@ -106,7 +111,7 @@ class LedgerClient:
         timezone: str | None = None,
     ) -> BudgetWrite:
         """Set the scope's whole list of limits (``PUT /v1/budgets/{kind}/{id}``)."""
-        return self._run(
+        return self.run(
             set_budget_call(
                 kind,
                 scope_id,
@@ -121,21 +126,21 @@ class LedgerClient:
 
     def get_budget(self, kind: str, scope_id: str) -> BudgetInfo:
         """One scope's limits and spend in their current windows."""
-        return self._run(Call("GET", budget_path(kind, scope_id), decoder(BudgetInfo)))
+        return self.run(Call("GET", budget_path(kind, scope_id), decoder(BudgetInfo)))
 
     def list_budgets(self, kind: str | None = None) -> list[BudgetInfo]:
         """Every scope with a budget (of ``kind``), by scope key."""
         params = [] if kind is None else [("kind", kind)]
-        return self._run(Call("GET", "/v1/budgets", list_decoder(BudgetInfo), params=tuple(params)))
+        return self.run(Call("GET", "/v1/budgets", list_decoder(BudgetInfo), params=tuple(params)))
 
     def delete_budget(self, kind: str, scope_id: str) -> BudgetWrite:
         """Remove every limit of the scope (its spend history stays)."""
-        return self._run(Call("DELETE", budget_path(kind, scope_id), decoder(BudgetWrite)))
+        return self.run(Call("DELETE", budget_path(kind, scope_id), decoder(BudgetWrite)))
 
     def reset_budget(self, kind: str, scope_id: str, limit_name: str | None = None) -> BudgetWrite:
         """Open a new window now, for every limit of the scope or only ``limit_name``."""
         body = json_body({"limit_name": limit_name}) if limit_name is not None else None
-        return self._run(Call("POST", budget_path(kind, scope_id) + "/reset", decoder(BudgetWrite), body=body))
+        return self.run(Call("POST", budget_path(kind, scope_id) + "/reset", decoder(BudgetWrite), body=body))
 
     def check(
         self,
@@ -150,7 +155,7 @@ class LedgerClient:
     ) -> CheckAnswer:
         """May a call with these scopes go ahead? ``allowed`` False (HTTP 402) carries
         LiteLLM's message; with ``raise_if_exceeded`` that raises ``BudgetExceeded``."""
-        answer = self._run(check_call(user=user, team=team, key=key, end_user=end_user, tags=tags, model=model))
+        answer = self.run(check_call(user=user, team=team, key=key, end_user=end_user, tags=tags, model=model))
         if raise_if_exceeded and not answer.allowed:
             raise BudgetExceeded(answer)
         return answer
@@ -170,7 +175,7 @@ class LedgerClient:
         requests = 0
         for body, count in usage_bodies(events, events_per_request_max, bytes_per_request_max):
             try:
-                accepted = self._run(publish_call(body))
+                accepted = self.run(publish_call(body))
             except LedgerClientError as exc:
                 if ids:
                     raise PublishFailed(exc, len(ids), ids) from exc
@@ -191,13 +196,13 @@ class LedgerClient:
         limit: int = 1_000,
     ) -> SpendReport:
         """Spend from the store, grouped by scope kinds, model and UTC time buckets; ``[start, end)``."""
-        return self._run(spend_call(group_by, start, end, scope, limit))
+        return self.run(spend_call(group_by, start, end, scope, limit))
 
     def alerts(
         self, *, scope: str | None = None, kind: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[AlertRecord]:
         """The latest budget alerts from the store, newest first."""
-        return self._run(alerts_call(scope, kind, since, limit))
+        return self.run(alerts_call(scope, kind, since, limit))
 
 
 class AsyncLedgerClient:

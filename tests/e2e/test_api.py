@@ -4,9 +4,7 @@ driven over HTTP as a gateway, an admin and a LiteLLM BudgetManager would."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,20 +14,7 @@ from ledger.domain.events import BATCH_EVENTS_MAX
 from ledger.kafka import end_offsets
 from ledger.settings import Settings
 from ledger.topics import topic_names
-
-WAIT_S = 30.0
-
-
-def until(probe: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+from tests.e2e.waiting import until
 
 
 def usage(event_id: str, **fields: Any) -> dict[str, Any]:
