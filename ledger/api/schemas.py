@@ -324,6 +324,7 @@ def _limit(limit: LimitState) -> dict[str, Any]:
         "window_start": limit.window_start,
         "budget_reset_at": limit.window_end,
         "exceeded": limit.exceeded,
+        "anchor": limit.anchor,
     }
 
 
