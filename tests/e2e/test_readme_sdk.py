@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.e2e.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET_TIMEOUT_S = 120
@@ -36,7 +39,7 @@ def test_the_readme_has_a_snippet_per_sdk_entry_point() -> None:
 
 
 def test_the_readme_sdk_snippets_run_as_written(
-    stack_url: str, stack_key: str, stack_broker: str, tmp_path: Path
+    stack_url: str, stack_key: str, stack_broker: str, admin: httpx.Client, tmp_path: Path
 ) -> None:
     env = {
         **os.environ,
@@ -62,3 +65,11 @@ def test_the_readme_sdk_snippets_run_as_written(
             pytest.fail(f"snippet {number} did not finish in {SNIPPET_TIMEOUT_S} s:\n{code}\n{exc.stderr}")
         assert result.returncode == 0, f"snippet {number} failed:\n{code}\n{result.stderr}"
         assert result.stdout.splitlines() == expected, f"snippet {number}:\n{code}\n{result.stderr}"
+
+    # The LiteLLM snippet's call was published before its process exited, and charged.
+    def litellm_team_spend() -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = admin.get("/v1/spend", params={"scope": "team:readme-litellm"}).json()["rows"]
+        return rows
+
+    (row,) = until(litellm_team_spend, "the LiteLLM snippet's call in the store")
+    assert row["spend_nanos"] == 13_500  # 10 prompt and 20 completion tokens of gpt-4o-mini
