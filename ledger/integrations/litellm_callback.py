@@ -1,0 +1,562 @@
+"""A LiteLLM callback that publishes one usage event per successful call and can refuse a
+call before it is made when a budget is exceeded.
+
+Enable it with one line::
+
+    litellm.callbacks = [SpendLedgerCallback()]
+
+or, on a LiteLLM proxy, in ``config.yaml``::
+
+    litellm_settings:
+      callbacks: ledger.integrations.litellm_callback.proxy_handler_instance
+
+The proxy resolves that string with ``get_instance_fn``: ``importlib.import_module`` of
+everything before the last dot, then ``getattr`` of the last part, so the dotted path works
+wherever ``spend-ledger`` is installed next to the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
+
+try:
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides litellm
+    raise ImportError(
+        f"ledger.integrations.litellm_callback needs litellm ({exc}): pip install 'spend-ledger[litellm]'"
+    ) from exc
+
+from ledger.client import LedgerClient, LedgerClientError
+from ledger.client.calls import key_of
+from ledger.domain.errors import InvalidUsage, UnpricedModel
+from ledger.domain.events import UsageEvent
+from ledger.domain.money import usd_to_nanos
+from ledger.domain.pricing import price_event
+from ledger.domain.usage_shapes import as_mapping, event_from_litellm_payload
+from ledger.pricebooks.genai import genai_prices_book
+from ledger.sdk.guard import BudgetExceededError, check_process_budget, guard, record_cost
+from ledger.sdk.producer import HttpUsagePublisher, Published, SpendLedgerProducer
+from ledger.settings import Settings
+from ledger.tokenizer import count_tokens
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["http", "kafka"]
+
+# Limits. LiteLLM gives an async success callback 20 s (LOGGING_WORKER_MAX_TIME_PER_COROUTINE);
+# a publish that outlives it is shielded and still finishes, and is logged either way.
+PUBLISH_ATTEMPTS_MAX = 3  # sends of one event, all with the same event_id
+PUBLISH_REQUEST_TIMEOUT_S = 5.0  # one api request or one broker acknowledgement
+PUBLISH_WAIT_S = 20.0  # the sync success callback waits this long for its publish
+CHECK_TIMEOUT_S = 5.0  # one /v1/check request
+FLUSH_AT_EXIT_S = 10.0
+RECENT_EVENT_IDS_MAX = 10_000  # an id LiteLLM reports twice is charged once
+
+# Where a call names its scopes: LiteLLM's own metadata keys (the proxy sets the same ones,
+# and the standard logging payload carries them), and ``user`` for the end user.
+META_USER = "user_api_key_user_id"
+META_TEAM = "user_api_key_team_id"
+META_KEY = "user_api_key_hash"
+META_END_USER = "user_api_key_end_user_id"
+META_TAGS = "tags"
+PROXY_BUDGET_STATUS = 400  # what the LiteLLM proxy answers for its own budget_exceeded
+
+
+@dataclass(frozen=True, slots=True)
+class CallScopes:
+    """The ledger scopes a would-be call charges, and its model (for per-model limits)."""
+
+    user: str | None = None
+    team: str | None = None
+    key: str | None = None
+    end_user: str | None = None
+    tags: tuple[str, ...] = ()
+    model: str | None = None
+
+    @property
+    def named(self) -> bool:
+        return any((self.user, self.team, self.key, self.end_user, self.tags))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _call_metadata(call: Mapping[str, Any]) -> Mapping[str, Any]:
+    for field in ("metadata", "litellm_metadata"):
+        value = call.get(field)
+        if isinstance(value, Mapping) and value:
+            return value
+    return {}
+
+
+def _bare_model(model: str | None) -> str | None:
+    """``openai/gpt-4o`` -> ``gpt-4o``: the model name LiteLLM's payload (and so the event) has."""
+    if model is None:
+        return None
+    try:
+        bare = litellm.get_llm_provider(model=model)[0]
+    except Exception:  # LiteLLM raises several types for a model it cannot route; keep the name
+        return model
+    return bare if isinstance(bare, str) and bare else model
+
+
+def scopes_of_call(call: Mapping[str, Any]) -> CallScopes:
+    """Scopes of an SDK call from its keyword arguments: user, team and key from
+    ``metadata`` (``user_api_key_user_id``, ``user_api_key_team_id``, ``user_api_key_hash``),
+    end user from ``metadata.user_api_key_end_user_id`` or else the call's ``user``,
+    tags from ``metadata.tags``."""
+    meta = _call_metadata(call)
+    raw_tags = meta.get(META_TAGS) or ()
+    tags = tuple(dict.fromkeys(t for t in raw_tags if isinstance(t, str) and t)) if isinstance(raw_tags, list) else ()
+    return CallScopes(
+        user=_text(meta.get(META_USER)),
+        team=_text(meta.get(META_TEAM)),
+        key=_text(meta.get(META_KEY)),
+        end_user=_text(meta.get(META_END_USER)) or _text(call.get("user")),
+        tags=tags,
+        model=_bare_model(_text(call.get("model"))),
+    )
+
+
+def scopes_of_proxy_request(user_api_key_dict: Any, data: Mapping[str, Any]) -> CallScopes:
+    """Scopes of a LiteLLM proxy request: the authenticated key's user, team, hashed key
+    and end user (``UserAPIKeyAuth``), else what the request's metadata says."""
+    from_data = scopes_of_call(data)
+    return CallScopes(
+        user=_text(getattr(user_api_key_dict, "user_id", None)) or from_data.user,
+        team=_text(getattr(user_api_key_dict, "team_id", None)) or from_data.team,
+        key=_text(getattr(user_api_key_dict, "api_key", None))
+        or _text(getattr(user_api_key_dict, "token", None))
+        or from_data.key,
+        end_user=_text(getattr(user_api_key_dict, "end_user_id", None)) or from_data.end_user,
+        tags=from_data.tags,
+        model=from_data.model,
+    )
+
+
+def payload_with_call_user(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The payload with ``end_user`` set from the call's ``user`` argument when LiteLLM left
+    it empty (the SDK keeps ``user`` only in ``model_parameters``; the proxy copies it)."""
+    if _text(payload.get("end_user")) is not None:
+        return payload
+    meta = payload.get("metadata")
+    if isinstance(meta, Mapping) and _text(meta.get(META_END_USER)) is not None:
+        return payload
+    parameters = payload.get("model_parameters")
+    user = _text(parameters.get("user")) if isinstance(parameters, Mapping) else None
+    return payload if user is None else {**payload, "end_user": user}
+
+
+def _reason(exc: InvalidUsage | ValidationError) -> str:
+    """Why a payload is not an event: field and message, never the input values."""
+    if isinstance(exc, InvalidUsage):
+        return str(exc)
+    first = exc.errors(include_input=False, include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "payload"
+    more = f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else ""
+    return f"{field}: {first['msg']}{more}"
+
+
+class UsagePublisher(Protocol):
+    """What the callback publishes through: ``HttpUsagePublisher``, Kafka, or a test double."""
+
+    async def publish(self, events: Sequence[UsageEvent]) -> Published: ...
+
+    async def close(self) -> None: ...
+
+
+class _KafkaPublisher:
+    """``SpendLedgerProducer``, connected on first use (and again after a failed connect)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = SpendLedgerProducer(
+            settings,
+            request_timeout_ms=int(PUBLISH_REQUEST_TIMEOUT_S * 1000),
+            attempts_max=PUBLISH_ATTEMPTS_MAX,
+        )
+        self._starting = asyncio.Lock()  # concurrent first publishes must not each connect
+
+    async def publish(self, events: Sequence[UsageEvent]) -> Published:
+        async with self._starting:
+            await self._producer.start()
+        return await self._producer.publish(events)
+
+    async def close(self) -> None:
+        await self._producer.stop()
+
+
+class _PublishLoop:
+    """An event loop in a daemon thread of its own, started on first use. Every publish
+    runs here, so neither LiteLLM's thread pool nor the caller's event loop waits on I/O
+    they do not own, and the publisher's connections live on one loop."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pending: set[concurrent.futures.Future[None]] = set()
+
+    def submit(self, work: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            future = asyncio.run_coroutine_threadsafe(work, self._loop)
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for every submitted publish; returns how many are still running."""
+        with self._lock:
+            pending = list(self._pending)
+        _, not_done = concurrent.futures.wait(pending, timeout=timeout_s)
+        return len(not_done)
+
+    def stop(self, last: Coroutine[Any, Any, None], timeout_s: float) -> None:
+        """Run ``last`` (closing the publisher), then end the loop and its thread."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            last.close()
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(last, loop).result(timeout_s)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout_s)
+            if not thread.is_alive():
+                loop.close()
+
+
+class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
+    """Publishes a ``UsageEvent`` per successful LiteLLM call (``litellm.completion`` and
+    ``litellm.acompletion``, streaming or not), built from LiteLLM's standard logging
+    payload; failed calls and cache hits are not charged. Each event's cost (our price
+    book, else LiteLLM's ``response_cost``) is added to ``ledger.current_cost()``.
+
+    Scopes: user, team and key from the call's ``metadata`` keys ``user_api_key_user_id``,
+    ``user_api_key_team_id`` and ``user_api_key_hash`` (what the LiteLLM proxy sets), end
+    user from ``metadata.user_api_key_end_user_id`` or the call's ``user`` argument, tags
+    from ``metadata.tags``::
+
+        litellm.completion(model="gpt-4o-mini", messages=[...], user="customer-7",
+                           metadata={"user_api_key_team_id": "ml", "tags": ["batch"]})
+
+    With ``check_budgets``, a call is refused (``BudgetExceededError``) before it is made
+    when ``ledger.max_budget`` is exceeded, or when any scope it names is over budget by
+    the api's ``/v1/check``: for ``acompletion`` (and every other async SDK call) in
+    ``async_pre_call_deployment_hook``, on the proxy in ``async_pre_call_hook``. LiteLLM
+    1.97 runs no hook before a sync ``litellm.completion`` that may raise (it swallows
+    ``log_pre_api_call`` errors), so sync calls get the ``ledger.max_budget`` check through
+    ``litellm.pre_call_rules``, and scope checks by calling ``check_call(**kwargs)`` first.
+    When the api cannot answer a check the call goes ahead (logged) unless
+    ``refuse_if_unreachable``.
+
+    Publishing goes over HTTP (``POST /v1/usage``, default) or to Kafka, from a thread of
+    the callback's own, with ``PUBLISH_ATTEMPTS_MAX`` sends that reuse the event id (a
+    retry never charges twice). A payload that is not an event is logged and counted in
+    ``dropped``; an event still unpublished after every attempt is logged as an error and
+    counted too. Neither ever raises into the LiteLLM call.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_url: str | None = None,
+        key: str | None = None,
+        transport: Transport = "http",
+        check_budgets: bool = True,
+        refuse_if_unreachable: bool = False,
+        settings: Settings | None = None,
+        publisher: UsagePublisher | None = None,
+        publish_wait_s: float = PUBLISH_WAIT_S,
+    ) -> None:
+        """``api_url`` and ``key`` default to ``SPEND_LEDGER_API_URL`` and the master (else
+        ingest) key; Kafka uses ``SPEND_LEDGER_KAFKA_*`` and the topic prefix. Settings are
+        read on first use. ``publisher`` replaces the transport (tests, custom sinks)."""
+        super().__init__()
+        if transport not in ("http", "kafka"):
+            raise ValueError(f"transport must be 'http' or 'kafka', got {transport!r}")
+        self.api_url = api_url
+        self.transport: Transport = transport
+        self.check_budgets = check_budgets
+        self.refuse_if_unreachable = refuse_if_unreachable
+        self.publish_wait_s = publish_wait_s
+        self.dropped: Counter[str] = Counter()
+        self._published = 0  # private: LiteLLM tells callback instances apart by public str/bool/int fields
+        self._key = key
+        self._settings = settings
+        self._given_publisher = publisher
+        self._publisher = publisher
+        self._client: LedgerClient | None = None
+        self._lock = threading.Lock()
+        self._recent_ids: OrderedDict[str, None] = OrderedDict()
+        self._loop = _PublishLoop("spend-ledger-litellm")
+        self._exit_flush_registered = False
+        if check_budgets:
+            _install_process_budget_rule()
+
+    @property
+    def published(self) -> int:
+        """Events the transport confirmed."""
+        with self._lock:
+            return self._published
+
+    # --- settings and clients -------------------------------------------------------
+
+    def settings(self) -> Settings:
+        """The settings in use (from the environment unless given)."""
+        with self._lock:
+            if self._settings is None:
+                self._settings = Settings()
+            return self._settings
+
+    def _api(self) -> tuple[str, str | None]:
+        settings = self.settings()
+        return self.api_url or settings.api_url, self._key if self._key is not None else key_of(settings)
+
+    def _ledger_client(self) -> LedgerClient:
+        url, key = self._api()
+        with self._lock:
+            if self._client is None:
+                self._client = LedgerClient(url, key, CHECK_TIMEOUT_S)
+            return self._client
+
+    def _publisher_now(self) -> UsagePublisher:
+        """Runs on the publish loop, so an HTTP client is bound to that loop."""
+        if self._publisher is None:
+            if self.transport == "kafka":
+                self._publisher = _KafkaPublisher(self.settings())
+            else:
+                url, key = self._api()
+                self._publisher = HttpUsagePublisher(
+                    url, key, timeout_s=PUBLISH_REQUEST_TIMEOUT_S, attempts_max=PUBLISH_ATTEMPTS_MAX
+                )
+        return self._publisher
+
+    # --- budget checks before a call ------------------------------------------------
+
+    def check_call(self, **call: Any) -> None:
+        """Raise ``BudgetExceededError`` if a call with these ``litellm.completion`` keyword
+        arguments may not go ahead (sync calls: LiteLLM has no hook that can refuse them)."""
+        self._check(scopes_of_call(call))
+
+    def _check(self, scopes: CallScopes) -> None:
+        if not self.check_budgets:
+            return
+        if not scopes.named:
+            check_process_budget()
+            return
+        try:
+            guard(
+                user=scopes.user,
+                team=scopes.team,
+                key=scopes.key,
+                end_user=scopes.end_user,
+                tags=scopes.tags,
+                model=scopes.model,
+                client=self._ledger_client(),
+            )
+        except LedgerClientError as exc:
+            if self.refuse_if_unreachable:
+                raise
+            log.warning("spend-ledger: budgets not checked, the call goes ahead: %s", exc)
+
+    async def _acheck(self, scopes: CallScopes) -> None:
+        if not self.check_budgets:
+            return
+        if not scopes.named:
+            check_process_budget()
+            return
+        await asyncio.to_thread(self._check, scopes)
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
+        """LiteLLM runs this in every async SDK call before the provider call, and lets
+        what it raises reach the caller. Proxy requests were checked in ``async_pre_call_hook``."""
+        if kwargs.get("proxy_server_request") is None:
+            await self._acheck(scopes_of_call(kwargs))
+        return None
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """The LiteLLM proxy's pre-call hook: refuse a request whose key, user, team, end
+        user or tags are over budget (the proxy answers 400 ``budget_exceeded``, as for its own)."""
+        try:
+            await self._acheck(scopes_of_proxy_request(user_api_key_dict, data))
+        except BudgetExceededError as exc:
+            # The proxy answers with an exception's ``status_code`` and ``type`` (else 500).
+            setattr(exc, "status_code", PROXY_BUDGET_STATUS)  # noqa: B010
+            setattr(exc, "type", "budget_exceeded")  # noqa: B010
+            raise
+        return None
+
+    # --- usage after a call ---------------------------------------------------------
+
+    def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """Sync calls (LiteLLM runs this in its thread pool): publish and wait, bounded."""
+        event = self._event_of(kwargs)
+        if event is None:
+            return
+        future = self._loop.submit(self._charge(event))
+        self._flush_at_exit()
+        try:
+            future.result(self.publish_wait_s)
+        except concurrent.futures.TimeoutError:
+            log.warning("spend-ledger: event %s still publishing after %s s", event.event_id, self.publish_wait_s)
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """Async calls: publish on the callback's own thread; the caller's loop only awaits."""
+        event = self._event_of(kwargs)
+        if event is None:
+            return
+        future = self._loop.submit(self._charge(event))
+        self._flush_at_exit()
+        # LiteLLM cancels a logging task after 20 s; the publish itself carries on and reports.
+        await asyncio.shield(asyncio.wrap_future(future))
+
+    def _event_of(self, kwargs: Mapping[str, Any]) -> UsageEvent | None:
+        """The call's event, or None (counted, and logged without the payload's content)."""
+        try:
+            payload = kwargs.get("standard_logging_object")
+            if payload is None:
+                self._drop("no_payload", None, "LiteLLM sent no standard_logging_object")
+                return None
+            try:
+                payload = as_mapping(payload, "standard_logging_object")
+                if payload.get("cache_hit") is True:
+                    with self._lock:
+                        self.dropped["cache_hit"] += 1
+                    return None
+                event = event_from_litellm_payload(payload_with_call_user(payload))
+            except (InvalidUsage, ValidationError) as exc:
+                event_id = _text(payload.get("id")) if isinstance(payload, Mapping) else None
+                self._drop("invalid_payload", event_id, _reason(exc))
+                return None
+            with self._lock:
+                if event.event_id in self._recent_ids:
+                    self.dropped["duplicate"] += 1
+                    return None
+                self._recent_ids[event.event_id] = None
+                if len(self._recent_ids) > RECENT_EVENT_IDS_MAX:
+                    self._recent_ids.popitem(last=False)
+            return event
+        except Exception as exc:  # a callback must never raise into the user's LiteLLM call
+            self._drop("callback_error", None, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _drop(self, reason: str, event_id: str | None, detail: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+        which = f"call {event_id}" if event_id else "a call"
+        log.warning("spend-ledger: %s not charged (%s): %s", which, reason, detail)
+
+    async def _charge(self, event: UsageEvent) -> None:
+        """Add the event's cost to this process's total (the money is spent whether or not
+        the ledger hears of it), then publish it. Runs on the publish loop."""
+        cost_nanos = self._cost_nanos(event)
+        if cost_nanos is not None:
+            record_cost(cost_nanos=cost_nanos)
+        try:
+            await self._publisher_now().publish([event])
+        except Exception as exc:  # reported here: nobody awaits this to the end
+            with self._lock:
+                self.dropped["publish_failed"] += 1
+            log.error(
+                "spend-ledger: usage event %s (model %s) was NOT published and is not in the ledger: %r",
+                event.event_id,
+                event.model,
+                exc,
+            )
+            return
+        with self._lock:
+            self._published += 1
+
+    def _cost_nanos(self, event: UsageEvent) -> int | None:
+        """Our price of the event, else LiteLLM's reported cost, else None (logged)."""
+        try:
+            return price_event(event, genai_prices_book(), count_tokens=count_tokens).cost_nanos
+        except (UnpricedModel, InvalidUsage) as exc:
+            if event.reported_cost is not None:
+                return usd_to_nanos(event.reported_cost)
+            log.warning("spend-ledger: %s is not in this process's current_cost: %s", event.event_id, exc)
+            return None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def _flush_at_exit(self) -> None:
+        with self._lock:
+            if self._exit_flush_registered:
+                return
+            self._exit_flush_registered = True
+        atexit.register(self.flush, FLUSH_AT_EXIT_S)
+
+    def flush(self, timeout_s: float = PUBLISH_WAIT_S) -> bool:
+        """Wait until every event handed to the callback so far is published or given up
+        on; False if some were still being sent at ``timeout_s``."""
+        return self._loop.wait(timeout_s) == 0
+
+    def close(self, timeout_s: float = PUBLISH_WAIT_S) -> None:
+        """Flush, then close the publisher and the check client (a later call reopens them)."""
+        self.flush(timeout_s)
+        publisher, self._publisher = self._publisher, self._given_publisher
+        self._loop.stop(_close(publisher), timeout_s)
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+async def _close(publisher: UsagePublisher | None) -> None:
+    if publisher is not None:
+        await publisher.close()
+
+
+def _process_budget_rule(_input: str) -> bool:
+    """A ``litellm.pre_call_rules`` entry: raises ``BudgetExceededError`` over
+    ``ledger.max_budget`` while a checking ``SpendLedgerCallback`` is registered."""
+    if any(isinstance(cb, SpendLedgerCallback) and cb.check_budgets for cb in litellm.callbacks):
+        check_process_budget()
+    return True
+
+
+def _install_process_budget_rule() -> None:
+    if _process_budget_rule not in litellm.pre_call_rules:
+        litellm.pre_call_rules.append(_process_budget_rule)
+
+
+# For a LiteLLM proxy config: ``callbacks: ledger.integrations.litellm_callback.proxy_handler_instance``
+proxy_handler_instance = SpendLedgerCallback()
+
+__all__ = [
+    "CallScopes",
+    "SpendLedgerCallback",
+    "UsagePublisher",
+    "payload_with_call_user",
+    "proxy_handler_instance",
+    "scopes_of_call",
+    "scopes_of_proxy_request",
+]
