@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -74,16 +73,22 @@ def test_projector_killed_mid_batch_loses_and_repeats_nothing(make_ledger: MakeL
     ledger.publish(ledger.topics.usage, list(usage_messages(events)) + list(usage_messages(duplicates, 100)))
     store = tmp_path / "ledger.duckdb"
     env = {**ledger.env, "SPEND_LEDGER_DUCKDB_PATH": str(store)}
-    rng = random.Random(4)
-
     partial = 0
-    for attempt in range(8):  # kill until a kill lands in the middle (bounded)
+    delay_s = 2.0
+    for attempt in range(10):  # kill until a kill lands in the middle (bounded)
         projector = ChildProcess.command(["project"], env, tmp_path / f"project-{attempt}.log").start()
-        time.sleep(rng.uniform(1.5, 3.0) + attempt * 0.5)
+        time.sleep(delay_s)
         projector.kill()
         partial = counts(store)["usage_events"] if store.exists() else 0
         if 0 < partial < len(events):
             break
+        # Too early: nothing committed yet, wait longer. Too late: all stored, start over sooner.
+        if partial == len(events):
+            for leftover in tmp_path.glob("ledger.duckdb*"):
+                leftover.unlink()
+            delay_s /= 2
+        else:
+            delay_s *= 1.5
     assert 0 < partial < len(events), "no kill landed mid-way"
 
     finish = ChildProcess.command(["project", "--until-caught-up"], env, tmp_path / "project-final.log").start()
