@@ -4,9 +4,10 @@ the live budget state."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import price_event
@@ -15,7 +16,27 @@ from ledger.pricebooks.genai import genai_prices_book
 from tests.integration.conftest import Ledger
 
 MakeLedger = Callable[..., Ledger]
+T = TypeVar("T")
 _ids = itertools.count()
+
+
+def until(
+    probe: Callable[[], T],
+    holds: Callable[[T], bool],
+    what: str,
+    *,
+    timeout_s: float = 30.0,
+    shown: Callable[[T], str] = repr,
+) -> T:
+    """Call ``probe`` until ``holds`` its result (bounded); fail naming ``what`` and the last result."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = probe()
+        if holds(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {shown(result)}")
+        time.sleep(0.2)
 
 
 def usage(event_id: str, *, user: str = "u", team: str | None = None, prompt: int = 100, **fields: Any) -> dict:

@@ -5,9 +5,8 @@ straight to the broker. One worker and one api for the whole module."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ledger.cli.main import app
 from ledger.domain.budgets import BudgetAlert
 from ledger.domain.prices import PriceBook
 from ledger.pricebooks.litellm import import_litellm_prices
-from tests.integration.builders import usage
+from tests.integration.builders import until, usage
 from tests.integration.conftest import ApiProcess, Ledger
 
 MASTER_KEY = "sk-test-cli-client-0123456789"
@@ -60,17 +59,6 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def until(probe: Callable[[], Result], holds: Callable[[Result], bool], what: str) -> Result:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        result = probe()
-        if holds(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last output:\n{result.output}")
-        time.sleep(0.2)
 
 
 def said(result: Result) -> str:
@@ -169,6 +157,8 @@ def test_publish_refuses_a_bad_line_then_check_turns_from_0_to_1(stack: Stack, t
         lambda: stack.run("check", "--user", user, "--tag", "cli"),
         lambda result: result.exit_code != 0,
         "the check to refuse",
+        timeout_s=WAIT_S,
+        shown=lambda result: result.output,
     )
     assert over.exit_code == 1, over.output
     assert f"refused by user:{user}: Budget has been exceeded! Current cost: 0.0000" in over.stdout
@@ -199,6 +189,8 @@ def test_alerts_tail_from_the_beginning_prints_the_exceeded_alert(stack: Stack):
         lambda: stack.run("alerts", "list", "--scope", f"user:{user}", "--json"),
         lambda result: result.exit_code == 0 and bool(json.loads(result.stdout)),
         "the alert in the store",
+        timeout_s=WAIT_S,
+        shown=lambda result: result.output,
     )
     assert [found["alert_id"] for found in json.loads(stored.stdout)] == [alert.alert_id]
 

@@ -9,7 +9,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -29,6 +29,7 @@ from ledger.client import LedgerClient, SpendReport, SpendRow
 from ledger.domain.money import nanos_to_usd
 from ledger.integrations.litellm_callback import SpendLedgerCallback
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, reset_current_cost
+from tests.integration.builders import until
 from tests.integration.conftest import ApiProcess, Ledger
 
 MASTER_KEY = "sk-test-litellm-callback-master"
@@ -168,17 +169,6 @@ def entries_by_event_id(stack: Stack, event_ids: set[str]) -> dict[str, dict[str
     return {entry["event_id"]: entry for entry in found}
 
 
-def until(probe: Callable[[], Any], holds: Callable[[Any], bool], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = probe()
-        if holds(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
-        time.sleep(0.2)
-
-
 def test_every_call_is_charged_once_by_the_worker_at_litellms_cost_over_http_and_kafka(stack: Stack) -> None:
     over_http = SpendLedgerCallback(api_url=stack.api.url, key=MASTER_KEY)
     over_kafka = SpendLedgerCallback(
@@ -222,6 +212,7 @@ def test_every_call_is_charged_once_by_the_worker_at_litellms_cost_over_http_and
             lambda: stack.client.spend(["tag"], scope="tag:litellm"),
             lambda report: (row := litellm_tag(report)) is not None and row.entry_count >= len(calls),
             "the store to project every entry",
+            timeout_s=WAIT_S,
         )
     )
     assert row is not None
@@ -239,7 +230,12 @@ def test_a_team_over_budget_is_refused_before_its_next_call_is_made(stack: Stack
     try:
         litellm.completion(**request, mock_response="within budget")  # 13,500 nanos: over from here on
         assert callback.flush()
-        until(lambda: stack.client.check(team=team), lambda answer: not answer.allowed, "the team to be over")
+        until(
+            lambda: stack.client.check(team=team),
+            lambda answer: not answer.allowed,
+            "the team to be over",
+            timeout_s=WAIT_S,
+        )
         calls_before = provider.count
 
         with pytest.raises(BudgetExceededError) as refused:
