@@ -31,6 +31,7 @@ from ledger.integrations.litellm_callback import SpendLedgerCallback
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, reset_current_cost
 from tests.integration.builders import until
 from tests.integration.conftest import ApiProcess, Ledger
+from tests.one_loop import run_async
 
 MASTER_KEY = "sk-test-litellm-callback-master"
 WAIT_S = 60.0
@@ -149,7 +150,7 @@ def make_calls(callback: SpendLedgerCallback, first: int, count: int) -> list[Ca
             await asyncio.sleep(0.02)
         return responses
 
-    for response, (_, scopes) in zip(asyncio.run(acall_all()), async_requests, strict=True):
+    for response, (_, scopes) in zip(run_async(acall_all()), async_requests, strict=True):
         calls.append(Call(response.id, response._hidden_params["response_cost"], scopes))
     return calls
 
@@ -239,7 +240,7 @@ def test_a_team_over_budget_is_refused_before_its_next_call_is_made(stack: Stack
         calls_before = provider.count
 
         with pytest.raises(BudgetExceededError) as refused:
-            asyncio.run(litellm.acompletion(**request, mock_response="must not happen"))
+            run_async(litellm.acompletion(**request, mock_response="must not happen"))
         assert refused.value.scope == f"team:{team}"
         assert refused.value.max_budget_nanos == 1_000
         assert refused.value.message.startswith("Budget has been exceeded! Current cost: ")
@@ -247,7 +248,7 @@ def test_a_team_over_budget_is_refused_before_its_next_call_is_made(stack: Stack
             callback.check_call(**request)
         key = UserAPIKeyAuth(api_key="sk-team-over-key", team_id=team)
         with pytest.raises(BudgetExceededError) as on_proxy:
-            asyncio.run(callback.async_pre_call_hook(key, DualCache(), {"model": "gpt-4o-mini"}, "completion"))
+            run_async(callback.async_pre_call_hook(key, DualCache(), {"model": "gpt-4o-mini"}, "completion"))
         assert getattr(on_proxy.value, "status_code", None) == 400
 
         assert provider.count == calls_before  # the refused call never reached the provider
@@ -255,7 +256,7 @@ def test_a_team_over_budget_is_refused_before_its_next_call_is_made(stack: Stack
         assert callback.published == 1
         # Another team is not held back by this one.
         other = {**request, "metadata": {"user_api_key_team_id": unique("team-fine")}}
-        asyncio.run(litellm.acompletion(**other, mock_response="fine"))
+        run_async(litellm.acompletion(**other, mock_response="fine"))
         assert provider.count == calls_before + 1
     finally:
         callback.close()

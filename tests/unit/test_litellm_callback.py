@@ -41,6 +41,7 @@ from ledger.integrations.litellm_callback import (
 )
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, record_cost, reset_current_cost
 from ledger.sdk.producer import Published, PublishUnconfirmed
+from tests.one_loop import run_async
 
 WAIT_S = 20.0
 MESSAGES = [{"role": "user", "content": "SECRET-PROMPT: summarise the quarterly numbers"}]
@@ -224,7 +225,7 @@ def test_an_async_completion_publishes_its_event_with_cache_reads_at_litellms_co
         await await_until(lambda: callback.published == 1, "the event to be published")
         return response
 
-    response = asyncio.run(call())
+    response = run_async(call())
     [event] = publisher.events
     assert (event.event_id, event.team_id, event.end_user, event.user_id) == (response.id, "research", "acme", None)
     assert event.usage == TokenUsage(prompt_tokens=3_000, completion_tokens=400, cache_read_tokens=2_048)
@@ -245,7 +246,7 @@ def test_a_streamed_call_is_charged_once_when_its_stream_ends(
             pass
         await await_until(lambda: callback.published == 2, "the async stream's event")
 
-    asyncio.run(stream())
+    run_async(stream())
     assert len(chunks) > 1
     sync_event, async_event = publisher.events
     assert sync_event.event_id != async_event.event_id
@@ -298,7 +299,7 @@ def test_a_failed_call_is_not_charged(
         await await_until(lambda: recorder.failures, "LiteLLM to log the failure")
 
     if use_async:
-        asyncio.run(acall())
+        run_async(acall())
     else:
         with pytest.raises(litellm.RateLimitError):
             litellm.completion(**request)
@@ -348,7 +349,7 @@ def test_a_payload_that_is_not_an_event_is_logged_and_counted_never_raised(
     for payload in (negative, no_id, no_model):
         callback.log_success_event({"standard_logging_object": payload}, None, None, None)
     callback.log_success_event({}, None, None, None)
-    asyncio.run(callback.async_log_success_event({"standard_logging_object": "not a payload"}, None, None, None))
+    run_async(callback.async_log_success_event({"standard_logging_object": "not a payload"}, None, None, None))
 
     assert callback.dropped == {"invalid_payload": 4, "no_payload": 1}
     assert publisher.events == []
@@ -394,7 +395,7 @@ def test_calls_are_refused_before_the_provider_once_the_process_budget_is_exceed
     assert (refused.value.current_cost_nanos, refused.value.max_budget_nanos) == (GPT_4O_MINI_MOCK_NANOS, 10_000)
     assert str(refused.value) == "Budget has been exceeded! Current cost: 1.35e-05, Max budget: 1e-05"
     with pytest.raises(BudgetExceededError):
-        asyncio.run(litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine"))
+        run_async(litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine"))
     with pytest.raises(BudgetExceededError):
         callback.check_call(model="gpt-4o-mini", messages=MESSAGES)
 
@@ -418,7 +419,7 @@ def test_an_async_call_is_refused_by_the_deployment_hook_alone(
     ledger.max_budget = 0
     record_cost(cost_nanos=1)
     with pytest.raises(BudgetExceededError):
-        asyncio.run(litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine"))
+        run_async(litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine"))
     assert recorder.provider_calls == 0
     # Without the rule a sync call has no hook that can refuse it: check_call is the way.
     litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
@@ -437,7 +438,7 @@ def test_without_budget_checks_nothing_is_refused(use_callbacks: Callable[..., N
 
     try:
         litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
-        asyncio.run(acall())
+        run_async(acall())
         quiet.check_call(model="gpt-4o-mini", metadata={"user_api_key_team_id": "ml"})
     finally:
         quiet.close()
@@ -451,7 +452,7 @@ def test_the_proxy_hook_refuses_over_the_process_budget_as_the_proxy_refuses_its
     record_cost(cost_nanos=1)
     key = UserAPIKeyAuth(api_key="sk-proxy-test-key", team_id="ml")
     with pytest.raises(BudgetExceededError) as refused:
-        asyncio.run(
+        run_async(
             callback.async_pre_call_hook(
                 user_api_key_dict=key, cache=DualCache(), data={"model": "gpt-4o-mini"}, call_type="completion"
             )
@@ -468,13 +469,13 @@ def test_a_scope_check_the_api_cannot_answer_lets_the_call_go_unless_told_to_ref
     key = UserAPIKeyAuth(api_key="sk-proxy-test-key", team_id="ml")
     request = {"user_api_key_dict": key, "cache": DualCache(), "data": {"model": "gpt-4o"}, "call_type": "completion"}
     caplog.set_level(logging.WARNING, logger=litellm_callback.__name__)
-    assert asyncio.run(callback.async_pre_call_hook(**request)) is None
+    assert run_async(callback.async_pre_call_hook(**request)) is None
     assert "budgets not checked, the call goes ahead" in caplog.text
 
     strict = SpendLedgerCallback(api_url=callback.api_url, refuse_if_unreachable=True, publisher=MemoryPublisher())
     try:
         with pytest.raises(LedgerConnectionError):
-            asyncio.run(strict.async_pre_call_hook(**request))
+            run_async(strict.async_pre_call_hook(**request))
         with pytest.raises(LedgerConnectionError):
             strict.check_call(model="gpt-4o", metadata={"user_api_key_team_id": "ml"})
     finally:
