@@ -31,7 +31,15 @@ from ledger.integrations.litellm_callback import SpendLedgerCallback
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, reset_current_cost
 from tests.integration.builders import until
 from tests.integration.conftest import ApiProcess, Ledger
-from tests.one_loop import run_async
+from tests.one_loop import close_test_loop, run_async
+
+
+@pytest.fixture(autouse=True)
+def _one_loop_per_test() -> Iterator[None]:
+    """Each test's asyncio calls share a loop, drained and closed after it (tests.one_loop)."""
+    yield
+    close_test_loop()
+
 
 MASTER_KEY = "sk-test-litellm-callback-master"
 WAIT_S = 60.0

@@ -41,7 +41,15 @@ from ledger.integrations.litellm_callback import (
 )
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, record_cost, reset_current_cost
 from ledger.sdk.producer import Published, PublishUnconfirmed
-from tests.one_loop import run_async
+from tests.one_loop import close_test_loop, run_async
+
+
+@pytest.fixture(autouse=True)
+def _one_loop_per_test() -> Iterator[None]:
+    """Each test's asyncio calls share a loop, drained and closed after it (tests.one_loop)."""
+    yield
+    close_test_loop()
+
 
 WAIT_S = 20.0
 MESSAGES = [{"role": "user", "content": "SECRET-PROMPT: summarise the quarterly numbers"}]
@@ -424,25 +432,31 @@ def test_an_async_call_is_refused_by_the_deployment_hook_alone(
     # Without the rule a sync call has no hook that can refuse it: check_call is the way.
     litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
     assert recorder.provider_calls == 1
+    # LiteLLM runs sync success callbacks in its thread pool, with the callbacks registered
+    # when they run: wait for them here, or they land in the next test's callbacks.
+    wait_until(lambda: recorder.payloads, "LiteLLM to log the call")
 
 
 def test_without_budget_checks_nothing_is_refused(use_callbacks: Callable[..., None], recorder: Recorder) -> None:
-    quiet = SpendLedgerCallback(check_budgets=False, publisher=MemoryPublisher())
+    publisher = MemoryPublisher()
+    quiet = SpendLedgerCallback(check_budgets=False, publisher=publisher)
     use_callbacks(quiet, recorder)
     ledger.max_budget = 0
     record_cost(cost_nanos=1)
 
-    async def acall() -> None:
-        await litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
-        await await_until(lambda: quiet.published == 2, "both calls published")
+    async def acall() -> Any:
+        response = await litellm.acompletion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
+        await await_until(lambda: quiet.published >= 2, "both calls published")
+        return response
 
     try:
-        litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
-        run_async(acall())
+        sync_response = litellm.completion(model="gpt-4o-mini", messages=MESSAGES, mock_response="fine")
+        async_response = run_async(acall())
         quiet.check_call(model="gpt-4o-mini", metadata={"user_api_key_team_id": "ml"})
     finally:
         quiet.close()
     assert recorder.provider_calls == 2
+    assert sorted(event.event_id for event in publisher.events) == sorted([sync_response.id, async_response.id])
 
 
 def test_the_proxy_hook_refuses_over_the_process_budget_as_the_proxy_refuses_its_own(
