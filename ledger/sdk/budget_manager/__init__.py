@@ -18,11 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ledger.domain.money import usd_to_nanos
 from ledger.domain.windows import parse_duration
 from ledger.integrations.litellm_budget import usd_float
 from ledger.sdk.budget_manager.records import (
@@ -36,17 +34,15 @@ from ledger.sdk.budget_manager.records import (
     message_text,
     prompt_cost_nanos,
 )
+from ledger.sdk.guard import Money, money_nanos
 
 LOCAL_FILE_NAME = "user_cost.duckdb"
 
 __all__ = ["LOCAL_FILE_NAME", "BudgetManager", "InvalidUser", "UnknownUser", "UserBudget"]
 
 
-def _budget_nanos(total_budget: Decimal | int | float | str) -> int:
-    if isinstance(total_budget, bool):
-        raise TypeError(f"total_budget must be an amount in USD, got {total_budget!r}")
-    amount = Decimal(repr(total_budget)) if isinstance(total_budget, float) else total_budget
-    nanos = usd_to_nanos(amount)
+def _budget_nanos(total_budget: Money) -> int:
+    nanos = money_nanos(total_budget, "total_budget")
     if nanos < 0:
         raise ValueError(f"total_budget cannot be negative, got {total_budget}")
     return nanos
@@ -113,7 +109,7 @@ class BudgetManager:
 
     def create_budget(
         self,
-        total_budget: Decimal | int | float | str,
+        total_budget: Money,
         user: str,
         duration: str | None = None,
         created_at: float | None = None,
