@@ -550,6 +550,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": "2",
             "SPEND_LEDGER_KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
             "SPEND_LEDGER_DUCKDB_PATH": str(work_dir / "ledger.duckdb"),
+            "SPEND_LEDGER_DATA_DIR": str(work_dir / "data"),
             "SPEND_LEDGER_API_HOST": HOST,
             "SPEND_LEDGER_API_PORT": str(api_port),
             "SPEND_LEDGER_MASTER_KEY": master_key,

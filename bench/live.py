@@ -338,6 +338,7 @@ def main() -> None:
             "SPEND_LEDGER_TOPIC_PREFIX": prefix,
             "SPEND_LEDGER_TOPIC_PARTITIONS": str(args.partitions),
             "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": "2",
+            "SPEND_LEDGER_DATA_DIR": str(log_dir / "data"),
         }
         with ChildProcess.worker(env, log_dir / "worker.log") as worker:
             result = asyncio.run(run(args, settings, worker))

@@ -93,6 +93,8 @@ class LedgerWorker:
             broker=faust_broker_urls(settings.kafka_bootstrap_servers),
             broker_credentials=faust_credentials(settings),
             store="memory://",
+            # Faust keeps per-app files here (tables are in memory); not the working directory.
+            datadir=str(settings.data_dir / "worker"),
             web_enabled=False,
             topic_partitions=self.partitions,
             broker_session_timeout=settings.kafka_session_timeout_s,

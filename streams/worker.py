@@ -36,6 +36,7 @@ def run_worker(settings: Settings) -> None:
     """Create missing topics, then run the worker in this process until stopped."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(ensure_topics(settings))
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     worker = build_worker(settings)
     # The worker keeps hundreds of thousands of long-lived objects (one snapshot per scope)
     # and allocates many short-lived ones per event: with the default thresholds the cyclic

@@ -40,12 +40,13 @@ class Ledger:
     """A ledger under one topic prefix on the session broker: its settings, its topics,
     worker processes, and ways to publish and read records."""
 
-    def __init__(self, broker: EmbeddedBroker, log_dir: Path, **settings: Any) -> None:
+    def __init__(self, broker: EmbeddedBroker, log_dir: Path, partitions: int = 4, **settings: Any) -> None:
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
         self.env = {
             "SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "SPEND_LEDGER_TOPIC_PREFIX": self.prefix,
-            "SPEND_LEDGER_TOPIC_PARTITIONS": "4",
+            "SPEND_LEDGER_TOPIC_PARTITIONS": str(partitions),
+            "SPEND_LEDGER_DATA_DIR": str(log_dir / "data"),
             "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": "2",
             "SPEND_LEDGER_KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
             "SPEND_LEDGER_WINDOW_TICK_S": "0.2",
@@ -53,7 +54,7 @@ class Ledger:
             **{f"SPEND_LEDGER_{name.upper()}": str(value) for name, value in settings.items()},
         }
         self.settings = Settings(
-            kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=self.prefix, topic_partitions=4
+            kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=self.prefix, topic_partitions=partitions
         )
         self.topics: TopicNames = topic_names(self.prefix)
         self.log_dir = log_dir
@@ -67,9 +68,9 @@ class Ledger:
         self.workers.append(worker)
         return worker
 
-    def start_api(self, store_path: Path, master_key: str | None = None) -> ApiProcess:
+    def start_api(self, store_path: Path, master_key: str | None = None, ingest_key: str | None = None) -> ApiProcess:
         """``spend-ledger api`` on a free loopback port with its own store, once ready."""
-        api = ApiProcess(self, store_path, master_key).start()
+        api = ApiProcess(self, store_path, master_key, ingest_key).start()
         self.apis.append(api)
         return api
 
@@ -189,9 +190,12 @@ class Ledger:
 
 class ApiProcess:
     """The api process of a ``Ledger``: a free loopback port, its own DuckDB file and
-    (optionally) a master key; started once ``/readyz`` answers 200, stopped by pid."""
+    (optionally) a master key and an ingest key; started once ``/readyz`` answers 200,
+    stopped by pid."""
 
-    def __init__(self, ledger: Ledger, store_path: Path, master_key: str | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, store_path: Path, master_key: str | None = None, ingest_key: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.master_key = master_key
@@ -204,6 +208,8 @@ class ApiProcess:
         }
         if master_key is not None:
             env["SPEND_LEDGER_MASTER_KEY"] = master_key
+        if ingest_key is not None:
+            env["SPEND_LEDGER_INGEST_KEY"] = ingest_key
         self.process = ChildProcess.command(["api"], env, self.log_path)
 
     def start(self, timeout_s: float = API_READY_TIMEOUT_S) -> ApiProcess:
