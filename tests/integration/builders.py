@@ -13,6 +13,7 @@ from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import price_event
 from ledger.domain.snapshots import BudgetSnapshot
 from ledger.pricebooks.genai import genai_prices_book
+from streams.codec import partition_of
 from tests.integration.conftest import Ledger
 
 MakeLedger = Callable[..., Ledger]
@@ -78,3 +79,13 @@ def charged(scope_key: str, count: int) -> Callable[[dict[str, BudgetSnapshot]],
 
 def alerts_of(alerts: list[dict], scope_key: str, kind: str) -> list[dict]:
     return [alert for alert in alerts if alert["scope_key"] == scope_key and alert["kind"] == kind]
+
+
+def name_routed_to(partition: int, prefix: str, partitions: int, template: str = "{}") -> str:
+    """A name starting with ``prefix`` such that the worker routes ``template`` filled with
+    it (an event id, or a scope key such as ``user:{}``) to ``partition``."""
+    for n in itertools.count():
+        name = f"{prefix}-{n}"
+        if partition_of(template.format(name).encode(), partitions) == partition:
+            return name
+    raise AssertionError("unreachable")

@@ -21,23 +21,12 @@ from ledger.pricebooks.genai import genai_prices_book
 from ledger.publishing import usage_messages
 from ledger.replay.service import check_equality
 from ledger.store.schema import open_store
-from streams.codec import partition_of
-from tests.integration.builders import MakeLedger, cost_nanos, until, usage
+from tests.integration.builders import MakeLedger, cost_nanos, name_routed_to, until, usage
 from tests.integration.live_io import Producer, StateFollower, assigned_partitions
 
 PARTITIONS = 8
 STEADY_EVENTS_PER_S = 400
 HANDOVER_TIMEOUT_S = 120.0
-
-
-def routed_to(partition: int, prefix: str, template: str = "{}", partitions: int = PARTITIONS) -> str:
-    """A name starting with ``prefix`` such that the worker routes ``template`` filled with
-    it (an event id, or a scope key such as ``user:{}``) to ``partition``."""
-    for n in itertools.count():
-        name = f"{prefix}-{n}"
-        if partition_of(template.format(name).encode(), partitions) == partition:
-            return name
-    raise AssertionError("unreachable")
 
 
 class SteadyTraffic:
@@ -108,8 +97,8 @@ def test_a_stopped_worker_hands_its_partitions_and_state_to_the_other(
             probes = []
             for partition in range(PARTITIONS):
                 probe = usage(
-                    routed_to(partition, f"{run_id}-probe-event"),
-                    user=routed_to(partition, f"{run_id}-probe-user", "user:{}"),
+                    name_routed_to(partition, f"{run_id}-probe-event", PARTITIONS),
+                    user=name_routed_to(partition, f"{run_id}-probe-user", PARTITIONS, "user:{}"),
                 )
                 probes.append(probe)
                 producer.send(usage_topic, [(None, orjson.dumps(probe), partition)])
