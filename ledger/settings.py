@@ -16,7 +16,11 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 class Settings(BaseSettings):
     """Service settings. Defaults suit a laptop; production overrides from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SPEND_LEDGER_", extra="ignore", frozen=True)
+    # An invalid value is named by field and rule, never echoed: a key one character short
+    # must not reach a terminal or a log through the error that refuses it.
+    model_config = SettingsConfigDict(
+        env_prefix="SPEND_LEDGER_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",

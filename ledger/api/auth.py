@@ -4,12 +4,17 @@ Clients (a gateway publishing usage and asking ``check``) may use the ingest key
 master key; everything that reads or changes budgets, spend and history needs the master
 key. Keys are compared in constant time. With no master key configured (a loopback-only
 dev api), every route is open.
+
+Open with a master key too: ``/healthz``, ``/readyz``, the OpenAPI docs (``/docs``,
+``/redoc``, ``/openapi.json``) and ``/metrics``, which Prometheus scrapes without
+credentials. ``/metrics`` shows each scope's id, alias, spend and remaining budget (no keys,
+no event contents): keep the port off networks that should not see spend.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Role = Literal["admin", "client"]
@@ -26,8 +31,10 @@ class AuthError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    master: str | None
-    ingest: str | None
+    """The configured keys; never shown in a repr (a traceback or a log line)."""
+
+    master: str | None = field(repr=False)
+    ingest: str | None = field(repr=False)
 
     @property
     def open(self) -> bool:

@@ -100,7 +100,9 @@ def _refusal(exc: duckdb.Error) -> SqlError:
     that change, the statement is still refused, under the generic headline."""
     said = f"DuckDB said: {exc}"
     text = str(exc)
-    if isinstance(exc, duckdb.PermissionException):
+    # An extension DuckDB would install by itself (a URL in ATTACH) fails on the locked
+    # extension folder with a plain Error, in the same words as a refused file.
+    if isinstance(exc, duckdb.PermissionException) or "disabled by configuration" in text:
         return StatementNotAllowed(
             "reading or writing files, attaching databases and installing or loading extensions "
             f"are not allowed (external access is off). {said}"
