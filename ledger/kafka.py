@@ -45,12 +45,16 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 def wanted_topics(settings: Settings) -> list[NewTopic]:
     """Every topic of the ledger with its partition count and cleanup policy."""
     names = topic_names(settings.topic_prefix)
-    compacted = set(names.compacted())
+    compacted, kept_forever = set(names.compacted()), set(names.kept_forever())
     topics = []
     for name in (*names.all(), *internal_topic_names(settings.topic_prefix).all()):
         partitions = PRICES_PARTITIONS if name == names.prices else settings.topic_partitions
-        configs = {"cleanup.policy": "compact"} if name in compacted else {}
-        topics.append(NewTopic(name, partitions, 1, topic_configs=configs))
+        configs = {}
+        if name in compacted:
+            configs = {"cleanup.policy": "compact"}
+        elif name in kept_forever:
+            configs = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+        topics.append(NewTopic(name, partitions, settings.topic_replication_factor, topic_configs=configs))
     return topics
 
 

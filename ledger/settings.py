@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     topic_prefix: str = Field(default="spend-ledger.", max_length=100, pattern=r"^[A-Za-z0-9._-]*$")
     topic_partitions: int = Field(default=8, ge=1, le=1024)
+    # Replicas of every topic the ledger and its worker create: 1 for one broker, 3 on a cluster.
+    topic_replication_factor: int = Field(default=1, ge=1, le=16)
     # The embedded broker holds a JoinGroup for half the session timeout, so dev and tests
     # keep it short; production on Apache Kafka may raise it (Faust's default is 60 s).
     kafka_session_timeout_s: float = Field(default=6.0, gt=0.5, le=300)
@@ -64,10 +66,27 @@ class Settings(BaseSettings):
     ingest_key: SecretStr | None = Field(default=None, min_length=16)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65_535)
+
     # Where the CLI and the SDK reach the api.
     api_url: str = Field(default="http://127.0.0.1:8080", max_length=2_000)
     # A budget write answers once the worker has applied it, or after this long (202).
     api_apply_wait_s: float = Field(default=5.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _sasl_consistent(self) -> Self:
+        # aiokafka would connect without SASL and Faust with it: refuse the mix up front.
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if self.kafka_sasl_mechanism is not None and not sasl:
+            raise ValueError(
+                f"kafka_sasl_mechanism needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                f"not {self.kafka_security_protocol}"
+            )
+        if sasl and (self.kafka_sasl_mechanism is None or not self.kafka_sasl_username or not self.kafka_sasl_password):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism, "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        return self
 
 
 def load_settings() -> Settings:

@@ -21,9 +21,14 @@ class TopicNames:
     def all(self) -> tuple[str, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 
-    # Compacted topics keep the last record per key: configuration and snapshots.
+    # Compacted topics keep the last record per key: price books and snapshots.
     def compacted(self) -> tuple[str, ...]:
-        return (self.budget_commands, self.prices, self.budget_state)
+        return (self.prices, self.budget_state)
+
+    # Kept whole, forever: budget configuration is event-sourced, and compaction would drop
+    # every reset and limit change but the last per scope.
+    def kept_forever(self) -> tuple[str, ...]:
+        return (self.budget_commands,)
 
 
 def topic_names(prefix: str) -> TopicNames:

@@ -97,6 +97,7 @@ class LedgerWorker:
             datadir=str(settings.data_dir / "worker"),
             web_enabled=False,
             topic_partitions=self.partitions,
+            topic_replication_factor=settings.topic_replication_factor,
             broker_session_timeout=settings.kafka_session_timeout_s,
             broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
             producer_max_request_size=16 * 1024 * 1024,

@@ -60,3 +60,22 @@ def test_sasl_ssl_settings_reach_every_kafka_client() -> None:
     assert credentials.username == "ledger"
     assert faust_broker_urls(settings.kafka_bootstrap_servers) == "kafka://k1:9093;kafka://k2:9093"
     assert faust_credentials(Settings()) is None
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"KAFKA_SASL_MECHANISM": "PLAIN"}, "needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_MECHANISM": "PLAIN"}, "not SSL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs kafka_sasl_mechanism"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u"},
+            "kafka_sasl_password",
+        ),
+    ],
+)
+def test_a_sasl_mechanism_and_protocol_that_disagree_are_refused(monkeypatch, variables, message):
+    for name, value in variables.items():
+        monkeypatch.setenv(f"SPEND_LEDGER_{name}", value)
+    with pytest.raises(ValidationError, match=message):
+        load_settings()
