@@ -2,7 +2,8 @@
 and unpriced ones, budget resets and limit changes, while the worker is SIGKILLed five
 times and the api (the projector) twice at random moments, each restarted. At the end
 nothing is lost or charged twice, live equals the replay of the store to the nano, and
-every crossing was alerted.
+every crossing was alerted. The soak (``pytest -m soak``; ``make test`` skips it) does the
+same with 2,000,000 records, 24 worker kills and 6 api kills.
 
 Why the budgeted scopes get their events through one partition, with event times a little
 ahead of the clock: the live fold keeps one window per limit and closes it by event time
@@ -42,15 +43,14 @@ from tests.integration.builders import MakeLedger, command, cost_nanos, name_rou
 from tests.integration.conftest import ApiProcess, Ledger
 from tests.integration.live_io import Producer, StateFollower
 
-RECORDS = 200_000
-CHUNKS = 100
+RECORDS_PER_CHUNK = 2_000
 DUPLICATES_PER_CHUNK = 100  # 5%
 MALFORMED_PER_CHUNK = 20  # 1%
 UNPRICED_PER_CHUNK = 10  # 0.5%
-PRICED_PER_CHUNK = RECORDS // CHUNKS - DUPLICATES_PER_CHUNK - MALFORMED_PER_CHUNK - UNPRICED_PER_CHUNK
+PRICED_PER_CHUNK = RECORDS_PER_CHUNK - DUPLICATES_PER_CHUNK - MALFORMED_PER_CHUNK - UNPRICED_PER_CHUNK
 BUDGETED_SHARE = 0.2
 CHUNK_EVERY_S = 0.35
-WORKER_KILLS, API_KILLS = 5, 2
+RECENT_EVENTS_MAX = 20_000  # duplicates are copies of these
 COMMAND_EVERY_CHUNKS = 10
 EVENT_TIME_LEAD = timedelta(seconds=120)
 PARTITIONS = 4
@@ -98,6 +98,7 @@ class Crash:
         self.api: ApiProcess | None = ledger.start_api(store)
         self.worker_kills = self.api_kills = 0
         self._event_ids = iter(range(10**9))
+        self.recent: list[dict[str, Any]] = []
 
     # -- records ----------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class Crash:
             for _ in range(MALFORMED_PER_CHUNK // 4)
         ]
         malformed = [self._malformed(sent.malformed + n) for n in range(MALFORMED_PER_CHUNK - len(invalid))]
-        earlier = list(sent.priced.values())[-20_000:] + budgeted + others
+        earlier = self.recent + budgeted + others
         copies = [rng.choice(earlier) for _ in range(DUPLICATES_PER_CHUNK)]
 
         mixed = others + unpriced + invalid
@@ -178,6 +179,7 @@ class Crash:
         self.producer.send(self.ledger.topics.usage, copy_records)
 
         sent.priced.update((event["event_id"], event) for event in budgeted + others)
+        self.recent = (self.recent + budgeted + others)[-RECENT_EVENTS_MAX:]
         sent.unpriced.update(event["event_id"] for event in unpriced)
         sent.invalid_in_batches.update(event["event_id"] for event in invalid)
         sent.malformed += len(malformed)
@@ -252,13 +254,33 @@ class Crash:
 def test_kills_lose_nothing_charge_nothing_twice_and_live_equals_the_replay(
     make_ledger: MakeLedger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    figure = run_crash_test(make_ledger, tmp_path, chunks=100, worker_kills=5, api_kills=2)
+    with capsys.disabled():
+        print(f"\n{json.dumps(figure)}")
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(7_200)
+def test_soak_two_million_records_and_thirty_kills(
+    make_ledger: MakeLedger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    figure = run_crash_test(make_ledger, tmp_path, chunks=1_000, worker_kills=24, api_kills=6)
+    with capsys.disabled():
+        print(f"\n{json.dumps(figure)}")
+
+
+def run_crash_test(
+    make_ledger: MakeLedger, tmp_path: Path, *, chunks: int, worker_kills: int, api_kills: int
+) -> dict[str, Any]:
+    """Publish ``chunks`` x 2,000 records while killing the worker and the api; check
+    every invariant at the end and return the figures."""
     started = time.monotonic()
     seed = random.randrange(2**32)
     ledger = make_ledger(partitions=PARTITIONS)
     store = tmp_path / "ledger.duckdb"
     schedule = random.Random(seed)
-    worker_kill_at = dict.fromkeys(schedule.sample(range(3, CHUNKS - 5), WORKER_KILLS), "worker")
-    api_kill_at = dict.fromkeys(schedule.sample(range(3, CHUNKS - 5), API_KILLS), "api")
+    worker_kill_at = dict.fromkeys(schedule.sample(range(3, chunks - 5), worker_kills), "worker")
+    api_kill_at = dict.fromkeys(schedule.sample(range(3, chunks - 5), api_kills), "api")
     restart_after = {chunk: schedule.choice((0, 1, 2)) for chunk in [*worker_kill_at, *api_kill_at]}
     pending_restarts: dict[int, list[str]] = {}
 
@@ -283,7 +305,7 @@ def test_kills_lose_nothing_charge_nothing_twice_and_live_equals_the_replay(
                 {"duration": "1m", "max_budget_nanos": per_event * 10_000, "soft_budget_nanos": per_event * 5_000},
             ],
         )
-        for chunk in range(CHUNKS):
+        for chunk in range(chunks):
             for name in pending_restarts.pop(chunk, []):
                 crash.ensure_worker() if name == "worker" else crash.ensure_api()
             if chunk and chunk % COMMAND_EVERY_CHUNKS == 0:
@@ -303,8 +325,8 @@ def test_kills_lose_nothing_charge_nothing_twice_and_live_equals_the_replay(
         crash.ensure_worker()
         crash.ensure_api()
         sent = crash.sent
-        assert sent.records == RECORDS
-        assert (crash.worker_kills, crash.api_kills) == (WORKER_KILLS, API_KILLS)
+        assert sent.records == chunks * RECORDS_PER_CHUNK
+        assert (crash.worker_kills, crash.api_kills) == (worker_kills, api_kills)
 
         live.wait_for(
             GLOBAL_SCOPE, lambda s: s.state.entry_count >= len(sent.priced), "every event charged", CATCH_UP_TIMEOUT_S
@@ -379,8 +401,7 @@ def test_kills_lose_nothing_charge_nothing_twice_and_live_equals_the_replay(
         "alerts_sent_twice": len(topic_alerts) - len(by_id),
         "seconds": round(time.monotonic() - started, 1),
     }
-    with capsys.disabled():
-        print(f"\n{json.dumps(figure)}")
+    return figure
 
 
 def stored(connection: duckdb.DuckDBPyConnection, query: str) -> list[tuple[Any, ...]]:
