@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ledger.domain.events import BATCH_EVENTS_MAX, UsageEvent
+from ledger.domain.events import BATCH_EVENTS_MAX, EVENT_ID_CHARS_MAX, SCHEMA_VERSION, UsageEvent
+from ledger.domain.wire import duplicate_keys, json_type
 
 BODY_BYTES_MAX = 32 * 1024 * 1024
 FIELD_ERRORS_MAX = 100
@@ -41,6 +42,15 @@ def parse_usage_body(body: bytes, received_at: datetime) -> list[UsageEvent]:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, f"request body is not valid JSON: {exc}", "malformed_json") from exc
+    if duplicates := duplicate_keys(body, raw):
+        # Either value could be the one meant: refused, never charged with one of them.
+        prefix: list[str | int] = ["events"] if isinstance(raw, list) else []
+        fields = [
+            {"loc": [*prefix, *path], "msg": "key appears more than once in its object", "type": "duplicate_key"}
+            for path in duplicates[:FIELD_ERRORS_MAX]
+        ]
+        message = "a key appears more than once in one JSON object, so its value is ambiguous; nothing was published"
+        raise BodyError(422, message, "invalid_usage", fields)
     items, where = _items(raw)
     if not items:
         raise BodyError(422, "the batch holds no events", "invalid_usage")
@@ -73,15 +83,31 @@ def _items(raw: Any) -> tuple[list[Any], list[str | int]]:
     if isinstance(raw, list):
         return raw, ["events"]
     if not isinstance(raw, dict):
-        raise BodyError(422, f"expected a JSON object or list, got {type(raw).__name__}", "invalid_usage")
+        raise BodyError(422, f"expected a JSON object or array, got {json_type(raw)}", "invalid_usage")
     if "events" in raw:
         extra = set(raw) - {"events", "batch_id", "schema_version"}
         if extra:
             raise BodyError(422, f'a batch is {{"events": [...]}}; unexpected fields: {sorted(extra)}', "invalid_usage")
         if not isinstance(raw["events"], list):
             raise BodyError(422, "events must be a list of usage events", "invalid_usage")
+        _check_envelope(raw)
         return raw["events"], ["events"]
     return [raw], []
+
+
+def _check_envelope(batch: dict[str, Any]) -> None:
+    """A batch's own fields, when given, must be what the wire form allows: they are not
+    published (the api writes its own envelope), but a wrong one is a client's mistake."""
+    version = batch.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or version != SCHEMA_VERSION:
+        message = f"schema_version {orjson.dumps(version).decode()[:40]} is not supported (this ledger reads 1)"
+        field = {"loc": ["schema_version"], "msg": message, "type": "unsupported_schema_version"}
+        raise BodyError(422, message, "invalid_usage", [field])
+    batch_id = batch.get("batch_id", "x")
+    if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= EVENT_ID_CHARS_MAX:
+        given = f"{len(batch_id)} characters" if isinstance(batch_id, str) else json_type(batch_id)
+        message = f"batch_id must be a string of 1 to {EVENT_ID_CHARS_MAX} characters, got {given}"
+        raise BodyError(422, message, "invalid_usage", [{"loc": ["batch_id"], "msg": message, "type": "batch_id"}])
 
 
 def wire_events(events: list[UsageEvent]) -> list[dict[str, Any]]:

@@ -66,9 +66,11 @@ def budget_metrics(states: Mapping[str, BudgetState], now: datetime) -> list[str
     return [*remaining.lines, *maximum.lines, *window.lines, *exceeded.lines, *total.lines]
 
 
-def counter_metrics(counts: Mapping[str, int], accepted: int, lags: Mapping[str, int]) -> list[str]:
-    """Events accepted over HTTP by this process, rows in the store, and how far the
-    projector and the budget-state follower are behind the topics."""
+def counter_metrics(
+    counts: Mapping[str, int], accepted: int, lags: Mapping[str, int], alerts: Mapping[str, int] | None = None
+) -> list[str]:
+    """Events accepted over HTTP by this process, rows in the store, alerts stored by kind,
+    and how far the projector and the budget-state follower are behind the topics."""
     families = []
     accepted_family = _Family(
         "spend_ledger_events_accepted_total", "counter", "usage events accepted by POST /v1/usage (this process)"
@@ -84,6 +86,10 @@ def counter_metrics(counts: Mapping[str, int], accepted: int, lags: Mapping[str,
         family = _Family(name, "counter", help_text)
         family.add(counts.get(key, 0))
         families.append(family)
+    alert_family = _Family("spend_ledger_alerts_total", "counter", "budget alerts in the store, by kind")
+    for kind, count in (alerts or {}).items():
+        alert_family.add(count, {"kind": kind})
+    families.append(alert_family)
     lag = _Family("spend_ledger_lag_records", "gauge", "records on the topics not yet read")
     for reader, records in lags.items():
         lag.add(records, {"reader": reader})

@@ -20,7 +20,10 @@ from ledger.domain.money import MAX_USD, MoneyError, nanos_to_usd, usd_to_nanos
 from ledger.domain.scopes import parse_scope_key
 from ledger.domain.windows import parse_duration
 
-UsdAmount = Annotated[Decimal, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
+# A budget over about 9.2e9 USD once made every later replay fail (its nanos overflowed
+# Arrow int64): MAX_USD keeps every amount inside a BIGINT.
+BUDGET_USD_MAX = MAX_USD
+UsdAmount = Annotated[Decimal, Field(ge=0, le=BUDGET_USD_MAX, allow_inf_nan=False)]
 REQUEST = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -30,6 +31,8 @@ TAGS_MAX = 32
 METADATA_KEYS_MAX = 64
 METADATA_VALUE_CHARS_MAX = 1_024
 BATCH_EVENTS_MAX = 10_000
+EVENT_ID_CHARS_MAX = 200
+MODEL_NAME_CHARS_MAX = 256
 # Event time must lie in this absolute range; relative skew is checked by check_event_time.
 OCCURRED_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
 OCCURRED_AT_MAX = datetime(2200, 1, 1, tzinfo=UTC)
@@ -45,8 +48,10 @@ def _checked_id(value: str) -> str:
 
 
 Identifier = Annotated[str, AfterValidator(_checked_id)]
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=EVENT_ID_CHARS_MAX, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ModelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MODEL_NAME_CHARS_MAX, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 TokenCount = Annotated[int, Strict(), Field(ge=0, le=TOKENS_PER_FIELD_MAX)]
 MetadataValue = Annotated[str, StringConstraints(max_length=METADATA_VALUE_CHARS_MAX)] | int | bool | None
 
@@ -113,15 +118,26 @@ class UsageEvent(BaseModel):
         default_factory=dict, max_length=METADATA_KEYS_MAX
     )
 
+    # Field validators, not the model's: an error names the field it is about.
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred_in_range(cls, occurred_at: datetime) -> datetime:
+        if not OCCURRED_AT_MIN <= occurred_at < OCCURRED_AT_MAX:
+            raise ValueError(
+                f"{occurred_at.isoformat()} is outside [{OCCURRED_AT_MIN.date()}, {OCCURRED_AT_MAX.date()})"
+            )
+        return occurred_at
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_unique(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(tags)) != len(tags):
+            repeated = sorted({tag for tag in tags if tags.count(tag) > 1})
+            raise ValueError(f"tags contain duplicates: {repeated[:5]}")
+        return tags
+
     @model_validator(mode="after")
     def _check(self) -> UsageEvent:
-        if not OCCURRED_AT_MIN <= self.occurred_at < OCCURRED_AT_MAX:
-            raise ValueError(
-                f"occurred_at {self.occurred_at.isoformat()} is outside "
-                f"[{OCCURRED_AT_MIN.date()}, {OCCURRED_AT_MAX.date()})"
-            )
-        if len(set(self.tags)) != len(self.tags):
-            raise ValueError("tags contain duplicates")
         if self.usage is None and self.input_text is None and self.output_text is None and self.reported_cost is None:
             raise ValueError("an event needs usage, input_text/output_text, or reported_cost")
         return self

@@ -2,12 +2,15 @@
 
 Nothing is dropped silently: every record that cannot become an event comes back as a
 ``Rejected`` with its original bytes, the stage and a reason, for the dead-letter topic.
-A bad event inside a batch rejects that event only; its neighbours go on.
+A bad event inside a batch rejects that event only; its neighbours go on. What is wrong
+with the JSON text itself (not JSON, too large, a key repeated in one object) rejects the
+whole message: no event of it can be read with certainty.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,7 +18,14 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from ledger.domain.adjustments import LedgerAdjustment
-from ledger.domain.events import BATCH_EVENTS_MAX, FROZEN, SCHEMA_VERSION, UsageBatch, UsageEvent
+from ledger.domain.events import (
+    BATCH_EVENTS_MAX,
+    EVENT_ID_CHARS_MAX,
+    FROZEN,
+    SCHEMA_VERSION,
+    UsageBatch,
+    UsageEvent,
+)
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024  # a full batch of 10,000 events is about 4 MiB
 ERROR_TEXT_CHARS_MAX = 2_000
@@ -24,6 +34,7 @@ RejectStage = Literal["decode", "validate", "price"]
 RejectReason = Literal[
     "too_large",
     "malformed_json",
+    "duplicate_key",
     "not_an_object",
     "unsupported_schema_version",
     "invalid_usage",
@@ -96,9 +107,13 @@ def decode_usage_message(value: bytes) -> tuple[list[UsageEvent], list[Rejected]
     if len(value) <= MESSAGE_BYTES_MAX:
         try:  # the fast path: a well-formed message, validated straight from its bytes
             if b'"batch_id"' in value:
-                return list(UsageBatch.model_validate_json(value).events), []
-            return [UsageEvent.model_validate_json(value)], []
-        except ValidationError:
+                valid = list(UsageBatch.model_validate_json(value).events)
+            else:
+                valid = [UsageEvent.model_validate_json(value)]
+            # pydantic, like orjson, keeps the last of a repeated key: the slow path refuses it
+            if not duplicate_keys(value, orjson.loads(value)):
+                return valid, []
+        except (ValidationError, orjson.JSONDecodeError):
             pass
     raw_events, rejected = split_usage_message(value)
     events: list[UsageEvent] = []
@@ -134,7 +149,10 @@ def split_usage_message(value: bytes) -> tuple[list[RawEvent], list[Rejected]]:
     except orjson.JSONDecodeError as exc:
         return [], [Rejected(value, "decode", "malformed_json", f"not JSON: {exc}"[:ERROR_TEXT_CHARS_MAX])]
     if not isinstance(raw, dict):
-        return [], [Rejected(value, "decode", "not_an_object", f"expected a JSON object, got {type(raw).__name__}")]
+        return [], [Rejected(value, "decode", "not_an_object", f"expected a JSON object, got {json_type(raw)}")]
+    if duplicates := duplicate_keys(value, raw):
+        event_id = None if ("event_id",) in duplicates else _event_id(raw)
+        return [], [Rejected(value, "decode", "duplicate_key", duplicates_detail(duplicates), event_id)]
     if (version := raw.get("schema_version", SCHEMA_VERSION)) != SCHEMA_VERSION:
         return [], [
             Rejected(
@@ -164,7 +182,7 @@ def split_usage_message(value: bytes) -> tuple[list[RawEvent], list[Rejected]]:
             events.append(RawEvent(item, where=f"batch {raw['batch_id']!r} events[{index}]: "))
         else:
             item_bytes = orjson.dumps(item)
-            detail = f"batch {raw['batch_id']!r} events[{index}] is not an object"
+            detail = f"batch {raw['batch_id']!r} events[{index}] is not an object but {json_type(item)}"
             rejected.append(Rejected(item_bytes, "decode", "not_an_object", detail))
     return events, rejected
 
@@ -203,5 +221,78 @@ def dedup_id(raw: dict[str, Any]) -> str | None:
 
 
 def _event_id(raw: dict[str, Any]) -> str | None:
+    # Only an id that could be valid: a megabyte "event_id" stays in the original bytes,
+    # not copied beside them into the dead letter.
     event_id = raw.get("event_id")
-    return event_id if isinstance(event_id, str) and event_id else None
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= EVENT_ID_CHARS_MAX else None
+
+
+Location = tuple[str | int, ...]
+
+
+def duplicate_keys(text: bytes, parsed: Any) -> list[Location]:
+    """Where a key repeats inside one object of the JSON ``text`` (``parsed`` is orjson's
+    reading of it), in document order; empty when no key does.
+
+    JSON leaves the value of a repeated key undefined, and orjson and pydantic silently
+    keep the last one: a record ``{"usage": {"prompt_tokens": 10, "prompt_tokens": 10000}}``
+    would be charged for either count without a word. The check costs two C-speed passes:
+    every colon of JSON text outside its strings follows one key, and orjson writes the
+    colons inside strings as they are, so the text and orjson's serialization of what it
+    read hold as many colons exactly when no key was dropped (a colon escaped as ``\\u003a``
+    sends the text to the slow path too). Only then is the text read again to find where.
+    """
+    if b"\\u003" not in text and text.count(b":") == orjson.dumps(parsed).count(b":"):
+        return []
+    return _find_duplicate_keys(text)
+
+
+class _Members(list[tuple[str, Any]]):
+    """An object's members in document order, repeats kept (``json``'s pairs hook)."""
+
+
+def _find_duplicate_keys(text: bytes) -> list[Location]:
+    try:
+        tree = json.loads(text, object_pairs_hook=_Members)
+    except (ValueError, RecursionError):  # orjson read it; a deeper nesting than json's stack
+        return [()]
+    found: list[Location] = []
+    pending: list[tuple[Location, Any]] = [((), tree)]
+    while pending:  # depth first, in document order, with no recursion on deep nesting
+        where, node = pending.pop()
+        children: list[tuple[Location, Any]] = []
+        if isinstance(node, _Members):
+            seen: set[str] = set()
+            for key, value in node:
+                if key in seen:
+                    found.append((*where, key))
+                seen.add(key)
+                children.append(((*where, key), value))
+        elif isinstance(node, list):
+            children = [((*where, index), value) for index, value in enumerate(node)]
+        pending.extend(reversed(children))
+    return found
+
+
+def duplicates_detail(duplicates: list[Location]) -> str:
+    """``key 'usage.prompt_tokens' appears more than once in its object ...``"""
+    names = ", ".join(repr(".".join(str(part) for part in where) or "(record)") for where in duplicates[:10])
+    return (
+        f"key {names} appears more than once in its object: JSON leaves which value counts "
+        "undefined, so the record is refused rather than charged with either"
+    )[:ERROR_TEXT_CHARS_MAX]
+
+
+def json_type(value: Any) -> str:
+    """What a JSON value is, in JSON's words (``an array``, ``null``), for error messages."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else type(value).__name__

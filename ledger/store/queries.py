@@ -465,3 +465,11 @@ def ledger_counts(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
         "adjustments": int(entries.get("adjustment", 0)),
         "dead_letters": int(dead),
     }
+
+
+def alert_counts(connection: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Budget alerts stored, by kind (each alert once: the store keys them by alert id)."""
+    return {kind: int(count) for kind, count in connection.execute(ALERT_COUNTS_SQL).fetchall()}
+
+
+ALERT_COUNTS_SQL = "SELECT kind, count(*) FROM budget_alerts GROUP BY kind ORDER BY kind"

@@ -77,6 +77,28 @@ def test_metrics_show_the_teams_remaining_budget(admin: httpx.Client):
     assert 0.99 < float(line.rsplit(" ", 1)[1]) < 1.0
 
 
+def test_metrics_count_each_stored_alert_once_by_kind(admin: httpx.Client):
+    def exceeded_alerts() -> int:
+        text = admin.get("/metrics").text
+        line = next(
+            (line for line in text.splitlines() if line.startswith('spend_ledger_alerts_total{kind="exceeded"}')), None
+        )
+        return 0 if line is None else int(line.rsplit(" ", 1)[1])
+
+    before = exceeded_alerts()
+    team = unique("team")
+    admin.put(f"/v1/budgets/team/{team}", json={"max_budget": 0.000000001, "budget_duration": "1d"})
+    for _ in range(3):  # three calls over the limit: one crossing, one alert
+        assert admin.post("/v1/usage", json=usage(unique("call"), team_id=team)).status_code == 202
+
+    def team_alerts() -> list:
+        return admin.get("/v1/alerts", params={"scope": f"team:{team}"}).json()["alerts"]
+
+    until(team_alerts, "the team's alert to be stored")
+    assert [alert["kind"] for alert in team_alerts()] == ["exceeded"]
+    assert exceeded_alerts() >= before + 1
+
+
 def test_set_budget_and_get_budget_round_trip_in_litellms_shapes(admin: httpx.Client):
     user = unique("user")
     saved = admin.post(

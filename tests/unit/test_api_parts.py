@@ -181,7 +181,8 @@ def test_metrics_show_each_scopes_remaining_budget_with_escaped_labels():
 
 
 def test_counter_metrics_name_every_count_and_lag():
-    text = render([counter_metrics({"charges": 7, "dead_letters": 2}, 9, {"projector": 3})])
+    text = render([counter_metrics({"charges": 7, "dead_letters": 2}, 9, {"projector": 3}, {"exceeded": 4})])
+    assert 'spend_ledger_alerts_total{kind="exceeded"} 4\n' in text
     assert "spend_ledger_events_accepted_total 9\n" in text
     assert "spend_ledger_events_charged_total 7\n" in text
     assert "spend_ledger_events_dead_lettered_total 2\n" in text

@@ -121,7 +121,7 @@ def command_args(service: str) -> list[str]:
 
 def exported_metric_names() -> set[str]:
     """The metric families ``GET /metrics`` renders, from the api's own rendering functions."""
-    text = render([budget_metrics({}, datetime.now(UTC)), counter_metrics({}, 0, {"projector": 0})])
+    text = render([budget_metrics({}, datetime.now(UTC)), counter_metrics({}, 0, {"projector": 0}, {"exceeded": 0})])
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert names, "the api's metrics rendered no families"
     return names
