@@ -6,6 +6,7 @@ validate is a 422 listing each field error (``fields``: location, message, type)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,13 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ledger.api import budgets, history, litellm_routes
 from ledger.api.auth import AuthError
 from ledger.api.deps import CLIENT, ApiError, Services, error_response, now
-from ledger.api.ingest import BodyError, parse_usage_body, wire_events
+from ledger.api.ingest import BODY_BYTES_MAX, BodyError, parse_usage_body, wire_events
 from ledger.api.metrics import CONTENT_TYPE, budget_metrics, counter_metrics, render
 from ledger.api.schemas import ErrorView, UsageAccepted
 from ledger.api.services import ApiServices
-from ledger.domain.events import UsageBatch, UsageEvent
+from ledger.domain.events import BATCH_EVENTS_MAX, EVENT_ID_CHARS_MAX, SCHEMA_VERSION, UsageBatch, UsageEvent
 from ledger.settings import Settings
-from ledger.store.queries import ledger_counts
+from ledger.store.queries import alert_counts, ledger_counts
 
 FIELD_ERRORS_MAX = 100
 
@@ -106,14 +107,50 @@ USAGE_BODY = {
         "application/json": {
             "schema": {
                 "anyOf": [
-                    {"$ref": "#/components/schemas/UsageEvent"},
-                    {"$ref": "#/components/schemas/UsageBatch"},
-                    {"type": "array", "items": {"$ref": "#/components/schemas/UsageEvent"}, "maxItems": 10_000},
+                    {"$ref": "#/components/schemas/UsageEventIn"},
+                    {"$ref": "#/components/schemas/UsageBatchIn"},
+                    {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/UsageEventIn"},
+                        "minItems": 1,
+                        "maxItems": BATCH_EVENTS_MAX,
+                    },
                 ]
             }
         }
     },
 }
+
+
+def _http_usage_shapes(components: dict[str, Any]) -> None:
+    """``UsageEventIn`` and ``UsageBatchIn``: what ``POST /v1/usage`` takes, which is the
+    wire form but for ``occurred_at`` (stamped when left out) and the batch envelope (the
+    api writes its own ``batch_id``)."""
+    event = copy.deepcopy(components["UsageEvent"])
+    event["title"] = "UsageEventIn"
+    event["required"] = [name for name in event.get("required", []) if name != "occurred_at"]
+    event["description"] = (
+        event.get("description", "") + "\n\nOver HTTP ``occurred_at`` may be left out: the api stamps the time it "
+        "received the event."
+    )
+    components["UsageEventIn"] = event
+    components["UsageBatchIn"] = {
+        "title": "UsageBatchIn",
+        "description": "Several events, published all or none.",
+        "type": "object",
+        "properties": {
+            "schema_version": {"const": SCHEMA_VERSION, "type": "integer", "default": SCHEMA_VERSION},
+            "batch_id": {"type": "string", "minLength": 1, "maxLength": EVENT_ID_CHARS_MAX},
+            "events": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/UsageEventIn"},
+                "minItems": 1,
+                "maxItems": BATCH_EVENTS_MAX,
+            },
+        },
+        "required": ["events"],
+        "additionalProperties": False,
+    }
 
 
 def _ingest_router() -> Any:
@@ -138,7 +175,7 @@ def _ingest_router() -> Any:
             raise ApiError(
                 415, f"send JSON (Content-Type: application/json), not {content_type!r}", "unsupported_media"
             )
-        body = await request.body()
+        body = await _read_body(request)
         events = await run_in_threadpool(parse_usage_body, body, now()) if len(body) > 65_536 else None
         if events is None:
             events = parse_usage_body(body, now())
@@ -148,9 +185,44 @@ def _ingest_router() -> Any:
     return router
 
 
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over
+    ``BODY_BYTES_MAX``: from its declared length before reading any of it, else while
+    reading, so an endless or huge body never sits whole in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and int(declared) > BODY_BYTES_MAX:
+        raise BodyError(413, f"request body of {int(declared)} bytes is over {BODY_BYTES_MAX}", "too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > BODY_BYTES_MAX:
+            raise BodyError(413, f"request body is over {BODY_BYTES_MAX} bytes", "too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# Error answers the routes share, documented once here so the spec lists every status a
+# route may give (a client, or a fuzzer, may rely on it): (status, when).
+_BODY_ERROR = ("400", "the body is not valid JSON")
+_AUTH_ERRORS = (
+    ("401", "no Authorization header, or a malformed one"),
+    ("403", "the key does not open this route"),
+)
+_OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # open without a key (ledger.api.auth)
+_BROKER_ERROR = ("503", "the broker did not acknowledge the write; retry with the same ids")
+_ROUTE_ERRORS = {
+    ("get", "/v1/budgets/{kind}/{scope_id}"): (("404", "nothing is known of the scope"),),
+    ("delete", "/v1/budgets/{kind}/{scope_id}"): (("404", "the scope has no budget"),),
+    ("post", "/v1/budgets/{kind}/{scope_id}/reset"): (("404", "the scope has no budget to reset"),),
+    ("post", "/v1/replay"): (("409", "the store has not caught up with the topics yet"),),
+    ("get", "/readyz"): (("503", "not ready yet, or a service failed"),),
+}
+
+
 def _openapi_with_event_shapes(app: FastAPI) -> None:
     """/docs shows the shapes ``POST /v1/usage`` takes (the route reads its body itself,
-    to report every event's errors at once)."""
+    to report every event's errors at once) and every error answer a route may give."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -158,11 +230,38 @@ def _openapi_with_event_shapes(app: FastAPI) -> None:
             _, definitions = models_json_schema(
                 [(UsageEvent, "validation"), (UsageBatch, "validation")], ref_template="#/components/schemas/{model}"
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(definitions["$defs"])
+            _http_usage_shapes(components)
+            _document_errors(schema)
+            for unused in ("HTTPValidationError", "ValidationError"):  # never answered: errors are ErrorView
+                components.pop(unused, None)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation's error answers, in the one shape they all have (``ErrorView``)."""
+    error_view = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorView"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            errors: list[tuple[str, str]] = list(_ROUTE_ERRORS.get((method, path), ()))
+            if "{" in path and not any(status == "404" for status, _ in errors):
+                errors.append(("404", "the path names nothing known (an id with a line break routes nowhere)"))
+            if "requestBody" in operation:
+                errors.append(_BODY_ERROR)
+            if path not in _OPEN_PATHS:
+                errors.extend(_AUTH_ERRORS)
+            if method in ("post", "put", "delete") and path != "/get_budget":  # each of them publishes
+                errors.append(_BROKER_ERROR)
+            if "422" in responses:
+                errors.append(("422", "a field is invalid: each one is listed with its location"))
+            for status, when in errors:
+                answer = responses.setdefault(status, {"description": when})
+                answer["content"] = error_view
 
 
 def _add_operations(app: FastAPI) -> None:
@@ -185,13 +284,14 @@ def _add_operations(app: FastAPI) -> None:
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics(api: Services) -> PlainTextResponse:
-        def counts() -> dict[str, int]:
+        def counts() -> tuple[dict[str, int], dict[str, int]]:
             connection = api.reader()
             try:
-                return ledger_counts(connection)
+                return ledger_counts(connection), alert_counts(connection)
             finally:
                 connection.close()
 
+        stored, alerts = await run_in_threadpool(counts)
         lags = {
             "projector": 0 if api.projector is None else api.projector.lag_records,
             "budget_state": api.budget_state.lag_records,
@@ -199,7 +299,7 @@ def _add_operations(app: FastAPI) -> None:
         text = render(
             [
                 budget_metrics(api.budget_state.all_states(), now()),
-                counter_metrics(await run_in_threadpool(counts), api.events_accepted, lags),
+                counter_metrics(stored, api.events_accepted, lags, alerts),
             ]
         )
         return PlainTextResponse(text, media_type=CONTENT_TYPE)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 NANOS_PER_USD = 1_000_000_000
-# Largest amount we accept anywhere: one trillion USD. A limit keeps a typo from turning
-# into a 30-digit integer that every sum then carries.
-MAX_USD = Decimal(1_000_000_000_000)
+# Largest amount we accept anywhere: one billion USD. A limit keeps a typo from turning
+# into a 30-digit integer that every sum then carries, and its nanos (1e18) fit the signed
+# 64-bit integers the store and the replay hold them in (DuckDB BIGINT, Arrow int64).
+MAX_USD = Decimal(1_000_000_000)
 MAX_NANOS = int(MAX_USD) * NANOS_PER_USD
+assert MAX_NANOS < 2**63
 
 
 class MoneyError(ValueError):
