@@ -50,6 +50,7 @@ UNPRICED_PER_CHUNK = 10  # 0.5%
 PRICED_PER_CHUNK = RECORDS_PER_CHUNK - DUPLICATES_PER_CHUNK - MALFORMED_PER_CHUNK - UNPRICED_PER_CHUNK
 BUDGETED_SHARE = 0.2
 CHUNK_EVERY_S = 0.35
+KILL_SPACING_CHUNKS = 4
 RECENT_EVENTS_MAX = 20_000  # duplicates are copies of these
 COMMAND_EVERY_CHUNKS = 10
 EVENT_TIME_LEAD = timedelta(seconds=120)
@@ -279,8 +280,11 @@ def run_crash_test(
     ledger = make_ledger(partitions=PARTITIONS)
     store = tmp_path / "ledger.duckdb"
     schedule = random.Random(seed)
-    worker_kill_at = dict.fromkeys(schedule.sample(range(3, chunks - 5), worker_kills), "worker")
-    api_kill_at = dict.fromkeys(schedule.sample(range(3, chunks - 5), api_kills), "api")
+    # Kills of one process at least KILL_SPACING_CHUNKS apart: it is back (restarted at most
+    # 3 chunks later) before its next kill is due.
+    candidates = range(3, chunks - 5, KILL_SPACING_CHUNKS)
+    worker_kill_at = dict.fromkeys(schedule.sample(candidates, worker_kills), "worker")
+    api_kill_at = dict.fromkeys(schedule.sample(candidates, api_kills), "api")
     restart_after = {chunk: schedule.choice((0, 1, 2)) for chunk in [*worker_kill_at, *api_kill_at]}
     pending_restarts: dict[int, list[str]] = {}
 
