@@ -16,9 +16,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ledger.broker import EmbeddedBroker, free_port
+from ledger.domain.prices import PriceBook
 from ledger.domain.snapshots import BudgetSnapshot
 from ledger.kafka import end_offsets, ensure_topics
+from ledger.pricebooks.genai import genai_prices_book
 from ledger.processes import ChildProcess
+from ledger.replay.compare import Difference
+from ledger.replay.engine import ReplayResult
+from ledger.replay.service import check_equality
 from ledger.settings import Settings
 from ledger.store.projector import Projector, ProjectorStats
 from ledger.store.schema import open_store
@@ -176,6 +181,16 @@ class Ledger:
         connection = open_store(store_path)
         try:
             return asyncio.run(Projector(self.settings, connection, count_tokens).run(until_caught_up=True))
+        finally:
+            connection.close()
+
+    def replay_equality(self, store_path: Path, book: PriceBook | None = None) -> tuple[ReplayResult, list[Difference]]:
+        """Project the topics into the store to their end, then replay it under ``book``
+        (default: the bundled one) and compare with live state: (the replay, differences)."""
+        self.project(store_path)
+        connection = open_store(store_path, read_only=True)
+        try:
+            return asyncio.run(check_equality(self.settings, connection, book or genai_prices_book()))
         finally:
             connection.close()
 

@@ -4,7 +4,6 @@ the live state still equals the replay of the store."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -17,10 +16,7 @@ import orjson
 import pytest
 
 from ledger.domain.scopes import GLOBAL_SCOPE
-from ledger.pricebooks.genai import genai_prices_book
 from ledger.publishing import usage_messages
-from ledger.replay.service import check_equality
-from ledger.store.schema import open_store
 from tests.integration.builders import MakeLedger, cost_nanos, name_routed_to, until, usage
 from tests.integration.live_io import Producer, StateFollower, assigned_partitions
 
@@ -127,12 +123,7 @@ def test_a_stopped_worker_hands_its_partitions_and_state_to_the_other(
             assert team_state.state.total_spend_nanos == sum(cost_nanos(event) for event in mine)
 
     store = tmp_path / "ledger.duckdb"
-    ledger.project(store)
-    connection = open_store(store, read_only=True)
-    try:
-        result, differences = asyncio.run(check_equality(ledger.settings, connection, genai_prices_book()))
-    finally:
-        connection.close()
+    result, differences = ledger.replay_equality(store)
     assert differences == []
     assert result.charged == len(events)
     figure = {"test": "rebalance", "signal": stop_signal.name, "handover_s": round(handover_s, 2)}

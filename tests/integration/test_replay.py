@@ -10,7 +10,6 @@ from pathlib import Path
 from ledger.domain.events import UsageEvent
 from ledger.domain.prices import PriceBook, PriceOverride, TokenRates
 from ledger.domain.pricing import price_event
-from ledger.pricebooks.genai import genai_prices_book
 from ledger.processes import ChildProcess
 from ledger.replay.service import check_equality
 from ledger.store.schema import open_store
@@ -46,13 +45,7 @@ def test_apply_makes_live_equal_the_replay_under_a_new_book_and_applying_twice_c
     ledger.snapshots(charged("team:r", 20))
     ledger.wait_idle()
     store = tmp_path / "ledger.duckdb"
-    ledger.project(store)
-
-    connection = open_store(store, read_only=True)
-    try:
-        result, differences = asyncio.run(check_equality(ledger.settings, connection, genai_prices_book()))
-    finally:
-        connection.close()
+    result, differences = ledger.replay_equality(store)
     assert differences == []
     assert (result.charged, result.unpriced) == (20, 3)
     old_total = sum(cost_nanos(e) for e in events)
