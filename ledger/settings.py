@@ -72,6 +72,26 @@ class Settings(BaseSettings):
     # A budget write answers once the worker has applied it, or after this long (202).
     api_apply_wait_s: float = Field(default=5.0, ge=0, le=60)
 
+    # Admission (DESIGN section 10): a hold not settled or released within the TTL expires;
+    # below the saturation threshold a key may borrow unused capacity of a model.
+    admission_ttl_s: float = Field(default=600.0, ge=1, le=86_400)
+    admission_saturation: float = Field(default=0.8, gt=0, le=1)
+    # LiteLLM's format, e.g. {"dev": 0, "prod": 1}: the fraction of a model's TPM/RPM a
+    # priority's keys share. Empty: every key weighs 1. The admin route overrides it.
+    priority_reservation: dict[str, float] = Field(default_factory=dict, max_length=64)
+    # The output tokens an admit assumes when it gives no max_tokens (an upper bound).
+    admission_default_max_tokens: int = Field(default=4_096, ge=1, le=10_000_000)
+    # Names this api instance on ``admissions``; default: the host and the store's path,
+    # so a restarted api owns (and expires) the holds it took before.
+    api_instance_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+
+    @model_validator(mode="after")
+    def _reservation_fractions(self) -> Self:
+        for name, fraction in self.priority_reservation.items():
+            if not 0 <= fraction <= 1:
+                raise ValueError(f"priority_reservation[{name!r}] must be a fraction from 0 to 1")
+        return self
+
     @model_validator(mode="after")
     def _sasl_consistent(self) -> Self:
         # aiokafka would connect without SASL and Faust with it: refuse the mix up front.

@@ -17,13 +17,14 @@ class TopicNames:
     budget_state: str
     dead_letter: str
     admissions: str
+    rate_limits: str
 
     def all(self) -> tuple[str, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 
-    # Compacted topics keep the last record per key: price books and snapshots.
+    # Compacted topics keep the last record per key: price books, snapshots, rate limits.
     def compacted(self) -> tuple[str, ...]:
-        return (self.prices, self.budget_state)
+        return (self.prices, self.budget_state, self.rate_limits)
 
     # Kept whole, forever: budget configuration is event-sourced, and compaction would drop
     # every reset and limit change but the last per scope.
@@ -42,6 +43,7 @@ def topic_names(prefix: str) -> TopicNames:
         budget_state=f"{prefix}budget-state",
         dead_letter=f"{prefix}dead-letter",
         admissions=f"{prefix}admissions",
+        rate_limits=f"{prefix}rate-limits",
     )
 
 

@@ -20,11 +20,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ledger.api import budgets, history, litellm_routes
+from ledger.api import admission, budgets, history, litellm_routes
 from ledger.api.auth import AuthError
 from ledger.api.deps import CLIENT, ApiError, Services, error_response, now
 from ledger.api.ingest import BODY_BYTES_MAX, BodyError, parse_usage_body, wire_events
-from ledger.api.metrics import CONTENT_TYPE, budget_metrics, counter_metrics, render
+from ledger.api.metrics import CONTENT_TYPE, admission_metrics, budget_metrics, counter_metrics, render
 from ledger.api.schemas import ErrorView, UsageAccepted
 from ledger.api.services import ApiServices
 from ledger.domain.events import BATCH_EVENTS_MAX, EVENT_ID_CHARS_MAX, SCHEMA_VERSION, UsageBatch, UsageEvent
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(budgets.router)
     app.include_router(history.router)
     app.include_router(litellm_routes.router)
+    app.include_router(admission.router)
     _add_operations(app)
     _openapi_with_event_shapes(app)
     return app
@@ -274,6 +275,7 @@ def _add_operations(app: FastAPI) -> None:
         """200 once budget state is loaded, the producer is up and the projector runs."""
         detail = {
             "budget_state_loaded": api.budget_state.ready.is_set(),
+            "admission_loaded": api.admission.ready.is_set(),
             "scopes": len(api.budget_state.scope_keys()),
             "projector_lag_records": 0 if api.projector is None else api.projector.lag_records,
             "failure": None if api.failure is None else repr(api.failure),
@@ -295,11 +297,14 @@ def _add_operations(app: FastAPI) -> None:
         lags = {
             "projector": 0 if api.projector is None else api.projector.lag_records,
             "budget_state": api.budget_state.lag_records,
+            "admission": api.admission.lag_records,
         }
+        book = api.admission.book
         text = render(
             [
                 budget_metrics(api.budget_state.all_states(), now()),
                 counter_metrics(stored, api.events_accepted, lags, alerts),
+                admission_metrics(book.open_by_scope(), book.held_by_scope(), book.refusals),
             ]
         )
         return PlainTextResponse(text, media_type=CONTENT_TYPE)

@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from ledger.api.admission import set_key_priority
 from ledger.api.auth import authorize
 from ledger.api.deps import ADMIN, ApiError, Services, now
 from ledger.api.schemas import (
@@ -87,6 +88,20 @@ async def put_budget(
     """Set the scope's whole list of limits (an ``upsert`` command). A limit whose duration
     is unchanged keeps its window and spend."""
     key = _scope(kind, scope_id)
+    if request.priority is not None and kind != "key":
+        raise ApiError(422, "priority is set on a key (PUT /v1/budgets/key/{id}), or per admit", "invalid_request")
+    if request.priority is not None:
+        applied = await set_key_priority(api, scope_id, request.priority)
+        if not request.specs():
+            state = api.budget_state.state(key) or new_state(key)
+            view = BudgetView.of(current_state(state, now()))
+            body = {
+                **view.model_dump(mode="json"),
+                "command_id": None,
+                "applied": applied,
+                "priority": request.priority,
+            }
+            return JSONResponse(body, status_code=200 if applied else 202)
     return await _write(api, key, "upsert", budgets=request.specs(), alias=request.alias)
 
 

@@ -99,3 +99,21 @@ def counter_metrics(
 
 def render(sections: Iterable[list[str]]) -> str:
     return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def admission_metrics(
+    open_by_scope: Mapping[str, int], held_by_scope: Mapping[str, int], refusals: Mapping[str, int]
+) -> list[str]:
+    """Open holds and the USD they reserve per scope, and admits refused by reason
+    (``budget``, ``tpm``, ``rpm``) by this process."""
+    holds = _Family("spend_ledger_open_holds", "gauge", "open admission holds naming a scope")
+    held = _Family("spend_ledger_held_usd", "gauge", "USD reserved on a scope by open or settling holds")
+    refused = _Family("spend_ledger_admission_refusals_total", "counter", "admits refused by this process, by reason")
+    for key in sorted(set(open_by_scope) | set(held_by_scope)):
+        kind, scope_id = parse_scope_key(key)
+        labels = {"scope_kind": kind, "scope_id": scope_id}
+        holds.add(open_by_scope.get(key, 0), labels)
+        held.add(_usd(held_by_scope.get(key, 0)), labels)
+    for reason, count in sorted(refusals.items()):
+        refused.add(count, {"reason": reason})
+    return [*holds.lines, *held.lines, *refused.lines]

@@ -17,6 +17,7 @@ from ledger.domain.budgets import LIMITS_PER_SCOPE_MAX, BudgetSpec, BudgetState,
 from ledger.domain.checks import CheckResult, ScopeCheck
 from ledger.domain.events import ModelName
 from ledger.domain.money import MAX_USD, MoneyError, nanos_to_usd, usd_to_nanos
+from ledger.domain.rate_shares import PriorityName
 from ledger.domain.scopes import parse_scope_key
 from ledger.domain.windows import parse_duration
 
@@ -81,6 +82,9 @@ class BudgetRequest(BaseModel):
     )
     alias: str | None = Field(default=None, max_length=256)
     timezone: str = Field(default="UTC", max_length=64, description="time zone of calendar windows")
+    priority: PriorityName | None = Field(
+        default=None, description="a key's priority for rate shares (keys only; see priority_reservation)"
+    )
 
     @field_validator("budget_duration")
     @classmethod
@@ -89,8 +93,8 @@ class BudgetRequest(BaseModel):
 
     @model_validator(mode="after")
     def _some_budget(self) -> BudgetRequest:
-        if self.max_budget is None and self.soft_budget is None and not self.model_max_budget:
-            raise ValueError("set max_budget, soft_budget or model_max_budget; DELETE removes a budget")
+        if self.max_budget is None and self.soft_budget is None and not self.model_max_budget and self.priority is None:
+            raise ValueError("set max_budget, soft_budget, model_max_budget or priority; DELETE removes a budget")
         self.specs()  # every limit must build
         return self
 
@@ -225,8 +229,9 @@ class BudgetWritten(BudgetView):
     """A budget write's answer: the scope as the worker applied it (``applied`` true), or,
     if the worker did not confirm in time, as it will be (``applied`` false, status 202)."""
 
-    command_id: str
+    command_id: str | None = Field(description="null when only the key's priority was set")
     applied: bool
+    priority: str | None = None
 
 
 class ScopeCheckView(BaseModel):

@@ -9,11 +9,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import duckdb
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+from ledger.api.admission_service import AdmissionService
 from ledger.api.auth import Keys
 from ledger.api.state import BudgetStateCache
 from ledger.domain.budgets import BudgetCommand
@@ -55,6 +57,7 @@ class ApiServices:
             ingest=None if settings.ingest_key is None else settings.ingest_key.get_secret_value(),
         )
         self.budget_state = BudgetStateCache(settings)
+        self.admission = AdmissionService(settings, self.budget_state, self.publish_record)
         self.store: duckdb.DuckDBPyConnection | None = None
         self.projector: Projector | None = None
         self.events_accepted = 0
@@ -70,6 +73,7 @@ class ApiServices:
         return (
             self._producer is not None
             and self.budget_state.ready.is_set()
+            and self.admission.ready.is_set()
             and self.failure is None
             and all(not task.done() for task in self._tasks)
         )
@@ -77,6 +81,7 @@ class ApiServices:
     async def start(self) -> None:
         await asyncio.wait_for(ensure_topics(self.settings), STARTUP_TIMEOUT_S)
         self.store = open_store(self.settings.duckdb_path)
+        self.admission.load(self.store, datetime.now(UTC))  # before the projector moves on
         # The api's projector is not on anyone's hot path: fewer, longer idle fetches.
         self.projector = Projector(self.settings, self.store, count_tokens, fetch_max_wait_ms=PROJECTOR_FETCH_WAIT_MS)
         producer = AIOKafkaProducer(
@@ -91,6 +96,8 @@ class ApiServices:
         self._tasks = [
             asyncio.create_task(self._guard("budget-state follower", self.budget_state.follow(self._stop))),
             asyncio.create_task(self._guard("projector", self.projector.run(self._stop))),
+            asyncio.create_task(self._guard("admission follower", self.admission.follow(self._stop))),
+            asyncio.create_task(self._guard("admission sweeper", self.admission.sweep(self._stop, self.reader))),
         ]
         self._freezer = asyncio.create_task(self._freeze_once_loaded())
 
@@ -145,6 +152,10 @@ class ApiServices:
         futures = [await producer.send(self.names.usage, value, key=key) for key, value in usage_messages(list(events))]
         await asyncio.gather(*futures)
         self.events_accepted += len(events)
+
+    async def publish_record(self, topic: str, key: bytes, value: bytes) -> None:
+        """Publish one record; returns once the broker acknowledged it."""
+        await self._ready_producer().send_and_wait(topic, value, key=key)
 
     async def publish_command(self, command: BudgetCommand) -> Published:
         """Publish a budget command keyed by its scope; where it landed."""

@@ -24,11 +24,13 @@ from ledger.kafka import client_options, end_offsets, ensure_topics
 from ledger.settings import Settings
 from ledger.store.records import (
     StoreRows,
+    admission_row,
     alert_row,
     command_row,
     dead_letter_row,
     entry_batch,
     price_book_row,
+    rate_limit_row,
     usage_rows,
 )
 from ledger.store.writer import append, stored_offsets
@@ -62,6 +64,8 @@ def input_topics(names: TopicNames) -> tuple[str, ...]:
         names.budget_alerts,
         names.prices,
         names.dead_letter,
+        names.admissions,
+        names.rate_limits,
     )
 
 
@@ -90,6 +94,8 @@ class Projector:
             self.names.budget_alerts: self._alert,
             self.names.prices: self._price_book,
             self.names.dead_letter: self._dead_letter,
+            self.names.admissions: self._admission,
+            self.names.rate_limits: self._rate_limit,
         }
 
     async def run(self, stop: asyncio.Event | None = None, *, until_caught_up: bool = False) -> ProjectorStats:
@@ -234,3 +240,15 @@ class Projector:
         row = dead_letter_row(record.value)
         if row is not None:
             rows.tables["dead_letters"].append(row)
+
+    def _admission(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        row = admission_row(record.value)
+        if row is not None:
+            rows.tables["admission_events"].append(row)
+
+    def _rate_limit(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+        assert record.value is not None
+        row = rate_limit_row(record.value, record.partition, record.offset)
+        if row is not None:
+            rows.tables["rate_limit_records"].append(row)

@@ -16,11 +16,13 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from ledger.domain.admission import AdmissionEvent
 from ledger.domain.budgets import BudgetCommand
 from ledger.domain.errors import InvalidPriceBook, InvalidUsage
 from ledger.domain.money import usd_to_nanos
 from ledger.domain.prices import load_price_book
 from ledger.domain.pricing import TokenCounter, estimate_usage
+from ledger.domain.rate_shares import RateLimitRecord
 from ledger.domain.windows import epoch_us
 from ledger.domain.wire import DeadLetter, decode_usage_message
 
@@ -87,12 +89,31 @@ DEAD_LETTER_COLUMNS = (
     "original_key_b64",
     "original_value_b64",
 )
+ADMISSION_COLUMNS = (
+    "request_id",
+    "state",
+    "event_at",
+    "instance_id",
+    "scope_keys",
+    "model",
+    "rate_key",
+    "priority",
+    "estimate_nanos",
+    "estimated_tokens",
+    "expires_at",
+    "cost_nanos",
+    "tokens",
+    "event",
+)
+RATE_LIMIT_COLUMNS = ("record_id", "topic_key", "kind", "issued_at", "record", "source_partition", "source_offset")
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "usage_events": USAGE_COLUMNS,
     "budget_commands": COMMAND_COLUMNS,
     "budget_alerts": ALERT_COLUMNS,
     "price_books": PRICE_BOOK_COLUMNS,
     "dead_letters": DEAD_LETTER_COLUMNS,
+    "admission_events": ADMISSION_COLUMNS,
+    "rate_limit_records": RATE_LIMIT_COLUMNS,
 }
 
 
@@ -234,4 +255,45 @@ def dead_letter_row(value: bytes) -> tuple[Any, ...] | None:
         letter.event_id,
         letter.original_key_b64,
         letter.original_value_b64,
+    )
+
+
+def admission_row(value: bytes) -> tuple[Any, ...] | None:
+    """One ``admissions`` record, or None for one the api did not write."""
+    try:
+        event = AdmissionEvent.model_validate_json(value)
+    except ValidationError:
+        return None
+    return (
+        event.request_id,
+        event.state,
+        event.at,
+        event.instance_id,
+        list(event.scope_keys),
+        event.model,
+        event.rate_key,
+        event.priority,
+        event.estimate_nanos,
+        event.estimated_tokens,
+        event.expires_at,
+        event.cost_nanos,
+        event.tokens,
+        event.model_dump_json(),
+    )
+
+
+def rate_limit_row(value: bytes, partition: int, offset: int) -> tuple[Any, ...] | None:
+    """One ``rate-limits`` record, or None for one the api did not write."""
+    try:
+        record = RateLimitRecord.model_validate_json(value)
+    except ValidationError:
+        return None
+    return (
+        record.record_id,
+        record.topic_key,
+        record.kind,
+        record.issued_at,
+        record.model_dump_json(),
+        partition,
+        offset,
     )

@@ -116,6 +116,35 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     original_key_b64 VARCHAR,
     original_value_b64 VARCHAR NOT NULL
 );
+-- Admission holds (DESIGN section 10): one row per request id and state it took.
+CREATE TABLE IF NOT EXISTS admission_events (
+    request_id VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    event_at TIMESTAMPTZ NOT NULL,
+    instance_id VARCHAR NOT NULL,
+    scope_keys VARCHAR[] NOT NULL,
+    model VARCHAR,
+    rate_key VARCHAR,
+    priority VARCHAR,
+    estimate_nanos BIGINT NOT NULL,
+    estimated_tokens BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ,
+    cost_nanos BIGINT,
+    tokens BIGINT,
+    event JSON NOT NULL,
+    PRIMARY KEY (request_id, state)
+);
+-- Model capacities, the priority reservation and key priorities, every record read; the
+-- last one per topic_key (by partition and offset) is in force.
+CREATE TABLE IF NOT EXISTS rate_limit_records (
+    record_id VARCHAR PRIMARY KEY,
+    topic_key VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    issued_at TIMESTAMPTZ NOT NULL,
+    record JSON NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset BIGINT NOT NULL
+);
 """
 
 STORE_TABLES = (
@@ -125,6 +154,8 @@ STORE_TABLES = (
     "budget_alerts",
     "price_books",
     "dead_letters",
+    "admission_events",
+    "rate_limit_records",
     "consumer_offsets",
 )
 

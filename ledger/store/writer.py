@@ -97,6 +97,35 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
             ("original_value_b64", pa.string()),
         ]
     ),
+    "admission_events": pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("state", pa.string()),
+            ("event_at", _UTC),
+            ("instance_id", pa.string()),
+            ("scope_keys", _TEXTS),
+            ("model", pa.string()),
+            ("rate_key", pa.string()),
+            ("priority", pa.string()),
+            ("estimate_nanos", pa.int64()),
+            ("estimated_tokens", pa.int64()),
+            ("expires_at", _UTC),
+            ("cost_nanos", pa.int64()),
+            ("tokens", pa.int64()),
+            ("event", pa.string()),
+        ]
+    ),
+    "rate_limit_records": pa.schema(
+        [
+            ("record_id", pa.string()),
+            ("topic_key", pa.string()),
+            ("kind", pa.string()),
+            ("issued_at", _UTC),
+            ("record", pa.string()),
+            ("source_partition", pa.int32()),
+            ("source_offset", pa.int64()),
+        ]
+    ),
 }
 assert all(tuple(ARROW_SCHEMAS[name].names) == columns for name, columns in TABLE_COLUMNS.items())
 

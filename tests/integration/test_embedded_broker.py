@@ -135,6 +135,6 @@ def test_topic_names_take_the_configured_prefix():
     names = topic_names("acme.")
     assert names.usage == "acme.usage"
     assert names.dead_letter == "acme.dead-letter"
-    assert len(set(names.all())) == 8
-    assert set(names.compacted()) == {"acme.prices", "acme.budget-state"}
+    assert len(set(names.all())) == 9
+    assert set(names.compacted()) == {"acme.prices", "acme.budget-state", "acme.rate-limits"}
     assert names.kept_forever() == ("acme.budget-commands",)

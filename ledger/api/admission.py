@@ -1,0 +1,482 @@
+"""Admission routes (DESIGN section 10): ``POST /v1/admit`` holds a call's estimated cost
+and its share of the model's TPM/RPM, ``DELETE /v1/admit/{id}`` releases it; model
+capacities and the priority reservation are event-sourced on ``rate-limits``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime
+from fractions import Fraction
+from typing import Annotated, Any
+
+import orjson
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ledger.api.deps import ADMIN, CLIENT, ApiError, Services, now
+from ledger.api.schemas import REQUEST, ErrorView, UsdAmount, usd
+from ledger.api.services import ApiServices
+from ledger.domain.admission import Admission, AdmitRequest, Estimate, Hold, RequestIdUsed, ScopeRoom
+from ledger.domain.checks import TAGS_PER_CHECK_MAX, call_scopes
+from ledger.domain.errors import InvalidUsage, UnpricedModel
+from ledger.domain.events import EventId, Identifier, ModelName, TokenCount, TokenUsage, UsageEvent
+from ledger.domain.money import usd_to_nanos
+from ledger.domain.pricing import price_event
+from ledger.domain.rate_shares import CAPACITY_MAX, PriorityName, RateLimitRecord, Reservation, rate_key
+from ledger.domain.scopes import InvalidScope
+from ledger.tokenizer import count_tokens
+
+router = APIRouter(tags=["admission"])
+MESSAGES_MAX = 10_000
+TOKENS_PER_MESSAGE = 4  # OpenAI's chat framing per message, and the reply's priming
+HOLDS_LISTED_MAX = 10_000
+APPLY_POLL_S = 0.01
+
+
+class ChatMessage(BaseModel):
+    """One message of the call (only its text is read, to count prompt tokens)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: str = Field(default="user", max_length=64)
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if self.content is None:
+            return ""
+        return "\n".join(str(part.get("text", "")) for part in self.content if isinstance(part, dict))
+
+
+class AdmitBody(BaseModel):
+    """``POST /v1/admit``: the call, its scopes, and an estimate: ``prompt_tokens`` or
+    ``messages`` plus ``max_tokens`` (default: the ``admission_default_max_tokens``
+    setting), or a ``cost`` in USD."""
+
+    model_config = REQUEST
+
+    request_id: EventId = Field(description="the id the call's usage event will carry")
+    model: ModelName
+    user: Identifier | None = None
+    team: Identifier | None = None
+    key: Identifier | None = None
+    end_user: Identifier | None = None
+    tags: list[Identifier] = Field(default_factory=list, max_length=TAGS_PER_CHECK_MAX)
+    priority: PriorityName | None = None
+    prompt_tokens: TokenCount | None = None
+    messages: list[ChatMessage] | None = Field(default=None, max_length=MESSAGES_MAX)
+    max_tokens: TokenCount | None = None
+    cost: UsdAmount | None = Field(
+        default=None, description="the call's estimated cost in USD, instead of pricing tokens"
+    )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> AdmitBody:
+        if self.prompt_tokens is not None and self.messages is not None:
+            raise ValueError("give prompt_tokens or messages, not both")
+        return self
+
+
+class ScopeRoomView(BaseModel):
+    scope_key: str
+    spend_nanos: int
+    held_nanos: int
+    max_budget: float | None
+    max_budget_nanos: int | None
+    remaining_budget: float | None
+    remaining_budget_nanos: int | None
+
+
+class RateView(BaseModel):
+    limit: int
+    remaining: int
+    model_remaining: int
+    active_keys: int
+
+
+class AdmitView(BaseModel):
+    """A hold: the estimate is reserved on every scope until the call's usage event
+    settles it, ``DELETE /v1/admit/{id}`` releases it, or it expires."""
+
+    request_id: str
+    admitted: bool = True
+    state: str
+    model: str
+    rate_key: str
+    priority: str | None
+    estimate_cost: float
+    estimate_cost_nanos: int
+    estimated_tokens: int
+    held_at: datetime
+    expires_at: datetime
+    repeated: bool = Field(description="true: this request id's hold was already open, answered again")
+    scopes: list[ScopeRoomView]
+    tpm: RateView | None = None
+    rpm: RateView | None = None
+
+
+class HoldsView(BaseModel):
+    count: int
+    holds: list[dict[str, Any]]
+
+
+class ModelLimitsBody(BaseModel):
+    model_config = REQUEST
+
+    tpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="tokens a minute")
+    rpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="requests a minute")
+
+    @model_validator(mode="after")
+    def _some(self) -> ModelLimitsBody:
+        if self.tpm is None and self.rpm is None:
+            raise ValueError("set tpm, rpm or both; DELETE removes a model's limits")
+        return self
+
+
+class ModelLimitsView(BaseModel):
+    model: str
+    tpm: int | None
+    rpm: int | None
+    applied: bool = True
+
+
+class RateLimitsView(BaseModel):
+    models: list[ModelLimitsView]
+    priority_reservation: dict[str, float]
+    saturation: float
+    key_priorities: dict[str, str]
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_UTC_Z), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Estimate:
+    """The call's cost and tokens, priced with the current book from its prompt tokens and
+    ``max_tokens`` (an upper bound when ``max_tokens`` caps the reply)."""
+    if body.prompt_tokens is not None:
+        prompt = body.prompt_tokens
+    elif body.messages is not None:
+        text = "\n".join(message.text() for message in body.messages)
+        prompt = count_tokens(text) + TOKENS_PER_MESSAGE * (len(body.messages) + 1)
+    else:
+        prompt = 0
+    output = body.max_tokens if body.max_tokens is not None else api.settings.admission_default_max_tokens
+    tokens = prompt + output
+    if body.cost is not None:
+        return Estimate(usd_to_nanos(body.cost), tokens)
+    book = api.admission.price_book
+    if book is None:
+        raise ApiError(503, "the price book is not loaded yet; retry", "not_ready", headers={"retry-after": "1"})
+    try:
+        usage = TokenUsage(prompt_tokens=min(prompt, 100_000_000), completion_tokens=output)
+        event = UsageEvent(event_id=body.request_id, occurred_at=at, model=body.model, usage=usage)
+        return Estimate(price_event(event, book).cost_nanos, tokens)
+    except UnpricedModel as exc:
+        raise ApiError(
+            422, f"{exc}; give the call's estimated cost as `cost` to admit it", "unpriced_model", field="model"
+        ) from exc
+    except (InvalidUsage, ValueError) as exc:
+        raise ApiError(422, f"cannot estimate the call: {exc}", "invalid_request") from exc
+
+
+@router.post(
+    "/v1/admit",
+    dependencies=[CLIENT],
+    response_model=AdmitView,
+    responses={
+        402: {"model": ErrorView, "description": "a scope's budget has no room for the estimate"},
+        409: {"model": ErrorView, "description": "the request id's hold already ended, or is for another call"},
+        422: {"model": ErrorView},
+        429: {"model": ErrorView, "description": "the key's share of the model's TPM or RPM is used up"},
+        503: {"model": ErrorView, "description": "admission is still loading, or the broker did not acknowledge"},
+    },
+    summary="Admit a call: hold its estimated cost and rate share",
+)
+async def admit(api: Services, body: Annotated[AdmitBody, Body()]) -> Response:
+    """Answered from memory: 402 when ``spent + held + estimate > max_budget`` for a scope,
+    429 when the key's TPM/RPM share is used up, else 200 with the hold (once the broker
+    has its ``held`` record). The same request id again returns its open hold."""
+    service = api.admission
+    if not service.ready.is_set():
+        raise ApiError(503, "admission is loading its holds; retry shortly", "not_ready", headers={"retry-after": "1"})
+    at = now()
+    try:
+        scopes = call_scopes(user=body.user, team=body.team, key=body.key, end_user=body.end_user, tags=body.tags)
+    except (InvalidScope, ValueError) as exc:
+        raise ApiError(422, str(exc), "invalid_scope") from exc
+    estimate = estimate_call(body, api, at)
+    who = rate_key(body.key, body.user)
+    request = AdmitRequest(
+        body.request_id, scopes, body.model, who, service.book.rates.priority_of(who, body.priority), estimate
+    )
+    try:
+        admission = service.book.admit(request, api.budget_state.snapshot, at)
+    except RequestIdUsed as exc:
+        raise ApiError(409, str(exc), "request_id_used") from exc
+    except KeyError as exc:
+        known = sorted(service.book.rates.reservations)
+        raise ApiError(
+            422,
+            f"priority {request.priority!r} is not in priority_reservation {known}",
+            "invalid_request",
+            field="priority",
+        ) from exc
+    except OverflowError as exc:
+        raise ApiError(503, str(exc), "too_many_holds", headers={"retry-after": "1"}) from exc
+    if admission.status == 402:
+        error = {"message": admission.message, "type": "budget_exceeded", "scope": admission.refused_scope}
+        return _json({"error": {**error, "scopes": _rooms(admission.scopes)}}, 402)
+    if admission.status == 429:
+        headers = {**admission.rate.headers(), "retry-after": str(admission.rate.reset_s)}
+        return _json({"error": {"message": admission.message, "type": "rate_limited"}}, 429, headers)
+    hold = admission.hold
+    assert hold is not None
+    if not admission.repeated:
+        try:
+            await service.publish_hold(hold)
+        except KafkaError:
+            service.book.cancel(hold.request_id)
+            raise
+    return _json(_admitted(hold, admission), 200, admission.rate.headers())
+
+
+def _admitted(hold: Hold, admission: Admission) -> dict[str, Any]:
+    rate = admission.rate
+    return {
+        **hold_view(hold),
+        "admitted": True,
+        "repeated": admission.repeated,
+        "scopes": _rooms(admission.scopes),
+        "tpm": None if rate.tokens is None else _rate(rate.tokens),
+        "rpm": None if rate.requests is None else _rate(rate.requests),
+    }
+
+
+def _rate(dimension: Any) -> dict[str, int]:
+    return {
+        "limit": dimension.share,
+        "remaining": dimension.available,
+        "model_remaining": dimension.model_remaining,
+        "active_keys": dimension.active_keys,
+    }
+
+
+def _rooms(rooms: tuple[ScopeRoom, ...]) -> list[dict[str, Any]]:
+    views = []
+    for room in rooms:
+        limit = room.binding
+        cap = None if limit is None else limit.spec.max_budget_nanos
+        remaining = None if room.remaining_nanos is None else max(0, room.remaining_nanos)
+        views.append(
+            {
+                "scope_key": room.scope_key,
+                "spend_nanos": 0 if limit is None else limit.spend_nanos,
+                "held_nanos": room.held_nanos,
+                "max_budget": usd(cap),
+                "max_budget_nanos": cap,
+                "remaining_budget": usd(remaining),
+                "remaining_budget_nanos": remaining,
+            }
+        )
+    return views
+
+
+def hold_view(hold: Hold) -> dict[str, Any]:
+    """A hold as the api shows it."""
+    return {
+        "request_id": hold.request_id,
+        "state": hold.state,
+        "instance_id": hold.instance_id,
+        "model": hold.model,
+        "rate_key": hold.rate_key,
+        "priority": hold.priority,
+        "scope_keys": list(hold.scope_keys),
+        "estimate_cost": usd(hold.estimate_nanos),
+        "estimate_cost_nanos": hold.estimate_nanos,
+        "estimated_tokens": hold.estimated_tokens,
+        "held_at": hold.held_at,
+        "expires_at": hold.expires_at,
+    }
+
+
+@router.delete(
+    "/v1/admit/{request_id}",
+    dependencies=[CLIENT],
+    responses={409: {"model": ErrorView, "description": "the hold already ended"}},
+    summary="Release a hold (the call failed or was not made)",
+)
+async def release(api: Services, request_id: Annotated[str, Path(min_length=1, max_length=200)]) -> Response:
+    """Frees the hold's estimate and publishes ``released``."""
+    service = api.admission
+    at = now()
+    hold = service.book.end(request_id, "released", at)
+    if hold is None:
+        ended = service.book.ended(request_id)
+        if ended is not None:
+            raise ApiError(409, f"the hold of {request_id!r} already ended: {ended}", "hold_ended")
+        raise ApiError(404, f"no open hold has request id {request_id!r}", "not_found")
+    await service.publish_event(hold.event("released", at, service.instance_id))
+    return _json(hold_view(hold))
+
+
+@router.get("/v1/admissions", dependencies=[ADMIN], response_model=HoldsView, summary="List holds")
+async def list_holds(
+    api: Services,
+    state: Annotated[str, Query(pattern="^open$", description="only `open` for now")] = "open",
+    scope: Annotated[str | None, Query(max_length=300, description="only holds on this scope key")] = None,
+    limit: Annotated[int, Query(ge=1, le=HOLDS_LISTED_MAX)] = 1_000,
+) -> Response:
+    """Open holds, oldest first."""
+    holds = sorted(api.admission.book.open_holds(), key=lambda hold: hold.held_at)
+    if scope is not None:
+        holds = [hold for hold in holds if scope in hold.scope_keys]
+    return _json({"count": len(holds), "holds": [hold_view(hold) for hold in holds[:limit]]})
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+ModelPath = Annotated[str, Path(min_length=1, max_length=256, description="the model name, as calls name it")]
+
+
+async def publish_rate_limit(api: ApiServices, record: RateLimitRecord, applied: Any) -> bool:
+    """Publish a ``rate-limits`` record and wait (up to ``api_apply_wait_s``) until this
+    instance's book has applied it; whether it has."""
+    await api.publish_record(api.names.rate_limits, record.topic_key.encode(), record.model_dump_json().encode())
+    deadline = time.monotonic() + api.settings.api_apply_wait_s
+    while not applied():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(APPLY_POLL_S)
+    return True
+
+
+def _record(**fields: Any) -> RateLimitRecord:
+    return RateLimitRecord(record_id=f"api-{uuid.uuid4().hex}", issued_at=now(), **fields)
+
+
+def _model_name(model: str) -> str:
+    try:
+        return ModelLimitsProbe(model=model).model
+    except ValueError as exc:
+        raise ApiError(422, f"invalid model name: {exc}", "invalid_request") from exc
+
+
+class ModelLimitsProbe(BaseModel):
+    model: ModelName
+
+
+@router.put(
+    "/v1/models/{model:path}/limits",
+    dependencies=[ADMIN],
+    response_model=ModelLimitsView,
+    responses={202: {"model": ModelLimitsView}, 422: {"model": ErrorView}},
+    summary="Set a model's TPM/RPM capacity",
+)
+async def put_model_limits(api: Services, model: ModelPath, body: Annotated[ModelLimitsBody, Body()]) -> Response:
+    """The model's capacity across all its deployments; keys share it (DESIGN section 10)."""
+    name = _model_name(model)
+    record = _record(kind="model", model=name, tpm=body.tpm, rpm=body.rpm)
+    rates = api.admission.book.rates
+
+    def applied() -> bool:
+        found = rates.capacities.get(name)
+        return found is not None and (found.tpm, found.rpm) == (body.tpm, body.rpm)
+
+    done = await publish_rate_limit(api, record, applied)
+    return _json({"model": name, "tpm": body.tpm, "rpm": body.rpm, "applied": done}, 200 if done else 202)
+
+
+@router.get(
+    "/v1/models/{model:path}/limits", dependencies=[ADMIN], response_model=ModelLimitsView, summary="A model's capacity"
+)
+async def get_model_limits(api: Services, model: ModelPath) -> Response:
+    found = api.admission.book.rates.capacities.get(model)
+    if found is None:
+        raise ApiError(404, f"{model!r} has no TPM/RPM limits", "not_found")
+    return _json({"model": model, "tpm": found.tpm, "rpm": found.rpm, "applied": True})
+
+
+@router.delete(
+    "/v1/models/{model:path}/limits",
+    dependencies=[ADMIN],
+    response_model=ModelLimitsView,
+    summary="Remove a model's capacity",
+)
+async def delete_model_limits(api: Services, model: ModelPath) -> Response:
+    name = _model_name(model)
+    rates = api.admission.book.rates
+    if name not in rates.capacities:
+        raise ApiError(404, f"{name!r} has no TPM/RPM limits", "not_found")
+    done = await publish_rate_limit(api, _record(kind="model", model=name), lambda: name not in rates.capacities)
+    return _json({"model": name, "tpm": None, "rpm": None, "applied": done}, 200 if done else 202)
+
+
+@router.get("/v1/models/limits", dependencies=[ADMIN], response_model=RateLimitsView, summary="Every model's capacity")
+async def list_model_limits(api: Services) -> Response:
+    rates = api.admission.book.rates
+    models = [
+        {"model": name, "tpm": found.tpm, "rpm": found.rpm, "applied": True}
+        for name, found in sorted(rates.capacities.items())
+    ]
+    return _json(
+        {
+            "models": models,
+            "priority_reservation": {name: float(value) for name, value in rates.reservations.items()},
+            "saturation": float(rates.saturation),
+            "key_priorities": dict(sorted(rates.key_priorities.items())),
+        }
+    )
+
+
+class ReservationBody(BaseModel):
+    model_config = REQUEST
+
+    priority_reservation: Reservation | None = Field(
+        description='LiteLLM\'s format, e.g. {"dev": 0, "prod": 1}; null: back to the setting'
+    )
+
+
+@router.put(
+    "/v1/priority_reservation",
+    dependencies=[ADMIN],
+    responses={202: {"description": "published, not applied yet"}, 422: {"model": ErrorView}},
+    summary="Set the priority reservation",
+)
+async def put_reservation(api: Services, body: Annotated[ReservationBody, Body()]) -> Response:
+    """The fraction of every model's TPM/RPM that each priority's keys share."""
+    rates = api.admission.book.rates
+    wanted = body.priority_reservation
+    record = _record(kind="priority_reservation", reservation=wanted)
+
+    def applied() -> bool:
+        if wanted is None:
+            return rates.reservation is None
+        return rates.reservation == {name: Fraction(str(value)) for name, value in wanted.items()}
+
+    done = await publish_rate_limit(api, record, applied)
+    current = {name: float(value) for name, value in rates.reservations.items()}
+    return _json({"priority_reservation": current, "applied": done}, 200 if done else 202)
+
+
+@router.get("/v1/priority_reservation", dependencies=[ADMIN], summary="The priority reservation in force")
+async def get_reservation(api: Services) -> Response:
+    rates = api.admission.book.rates
+    return _json({"priority_reservation": {name: float(value) for name, value in rates.reservations.items()}})
+
+
+async def set_key_priority(api: ApiServices, key_id: str, priority: str | None) -> bool:
+    """Publish a key's priority (``PUT /v1/budgets/key/{id}`` with ``priority``)."""
+    rates = api.admission.book.rates
+    record = _record(kind="key_priority", key_id=key_id, priority=priority)
+    return await publish_rate_limit(api, record, lambda: rates.key_priorities.get(key_id) == priority)
+
+
+__all__ = ["router", "set_key_priority"]

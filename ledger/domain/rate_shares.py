@@ -1,0 +1,318 @@
+"""Rate shares: each key's share of a model's TPM and RPM in the current UTC minute
+(DESIGN section 10, LiteLLM's dynamic rate limiter with priority reservation).
+
+A model has a capacity (``tpm``, ``rpm``). Its active keys this minute are those admitted
+for it. A key's share is ``floor(capacity x weight / active keys of its priority)``, the
+weight being the priority's reserved fraction (1 without a priority). A key is refused
+when its own use this minute has reached its share, or the model has nothing left. Below
+the saturation threshold a key may borrow unused capacity of its priority's reservation;
+at or above it shares are strict, so a greedy key cannot starve a newly active one.
+
+Pure: the minute comes from ``now``, passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Annotated, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
+
+from ledger.domain.events import FROZEN, SCHEMA_VERSION, EventId, Identifier, ModelName
+
+PriorityName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Reservation = dict[PriorityName, Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)]]
+CAPACITY_MAX = 10**12  # tokens or requests a minute; more is a typo
+PRIORITIES_MAX = 64
+RateLimitKind = Literal["model", "priority_reservation", "key_priority"]
+PRIORITY_RESERVATION_KEY = "priority_reservation"
+
+
+class RateLimitRecord(BaseModel):
+    """One record of the compacted ``rate-limits`` topic (the last per key wins):
+
+    - ``model``: a model's ``tpm``/``rpm`` capacity (None: unlimited);
+    - ``priority_reservation``: LiteLLM's ``{"dev": 0, "prod": 1}`` fractions (None:
+      back to the setting);
+    - ``key_priority``: the priority of a key (None: no priority).
+    """
+
+    model_config = FROZEN
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    record_id: EventId
+    issued_at: AwareDatetime
+    kind: RateLimitKind
+    model: ModelName | None = None
+    tpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX)
+    rpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX)
+    reservation: Reservation | None = Field(default=None, max_length=PRIORITIES_MAX)
+    key_id: Identifier | None = None
+    priority: PriorityName | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.kind == "model") != (self.model is not None):
+            raise ValueError("a model record names its model, and only it does")
+        if (self.kind == "key_priority") != (self.key_id is not None):
+            raise ValueError("a key_priority record names its key_id, and only it does")
+        if self.kind != "model" and (self.tpm is not None or self.rpm is not None):
+            raise ValueError("tpm and rpm belong to a model record")
+        if self.kind != "priority_reservation" and self.reservation is not None:
+            raise ValueError("reservation belongs to a priority_reservation record")
+        if self.kind != "key_priority" and self.priority is not None:
+            raise ValueError("priority belongs to a key_priority record")
+        return self
+
+    @property
+    def topic_key(self) -> str:
+        """``model:<name>``, ``priority_reservation`` or ``key:<id>``."""
+        if self.kind == "model":
+            return f"model:{self.model}"
+        if self.kind == "key_priority":
+            return f"key:{self.key_id}"
+        return PRIORITY_RESERVATION_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCapacity:
+    tpm: int | None = None
+    rpm: int | None = None
+
+
+@dataclass(slots=True)
+class KeyUse:
+    tokens: int = 0
+    requests: int = 0
+    priority: str | None = None
+    admitted: bool = False  # active: admitted for the model this minute
+
+
+@dataclass(slots=True)
+class ModelMinute:
+    """A model's use in one UTC minute: its total and each key's own."""
+
+    tokens: int = 0
+    requests: int = 0
+    keys: dict[str, KeyUse] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    """One of TPM or RPM for one decision."""
+
+    name: Literal["TPM", "RPM"]
+    capacity: int
+    share: int
+    key_used: int
+    model_used: int
+    active_keys: int
+
+    @property
+    def available(self) -> int:
+        return max(0, self.share - self.key_used)
+
+    @property
+    def model_remaining(self) -> int:
+        return max(0, self.capacity - self.model_used)
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """Whether a key may make a call to a model now, and what is left of its share."""
+
+    allowed: bool
+    message: str | None = None
+    refused_on: Literal["TPM", "RPM"] | None = None
+    tokens: Dimension | None = None
+    requests: Dimension | None = None
+    reset_s: int = 60
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers for the dimensions the model limits."""
+        found: dict[str, str] = {}
+        for suffix, dimension in (("tokens", self.tokens), ("requests", self.requests)):
+            if dimension is not None:
+                found[f"x-ratelimit-limit-{suffix}"] = str(dimension.share)
+                found[f"x-ratelimit-remaining-{suffix}"] = str(dimension.available)
+                found[f"x-ratelimit-reset-{suffix}"] = f"{self.reset_s}s"
+        return found
+
+
+ALLOWED_WITHOUT_LIMITS = RateDecision(allowed=True)
+
+
+def minute_of(now: datetime) -> int:
+    """The UTC minute ``now`` falls in, as minutes since the epoch."""
+    return int(now.timestamp()) // 60
+
+
+def seconds_to_next_minute(now: datetime) -> int:
+    return 60 - int(now.timestamp()) % 60
+
+
+class RateBook:
+    """Model capacities, priorities, and this minute's use per model and key."""
+
+    def __init__(self, reservation: Mapping[str, Decimal | float] | None = None, saturation: Decimal | float = 0.8):
+        self.default_reservation = _fractions(reservation or {})
+        self.reservation: dict[str, Fraction] | None = None  # set by a record; None: the default
+        self.saturation = Fraction(str(saturation))
+        self.capacities: dict[str, ModelCapacity] = {}
+        self.key_priorities: dict[str, str] = {}
+        self.minute = 0
+        self.use: dict[str, ModelMinute] = {}
+
+    # -- configuration -----------------------------------------------------------------
+
+    def configure(self, record: RateLimitRecord) -> None:
+        """Apply one ``rate-limits`` record (the last per key wins)."""
+        if record.kind == "model":
+            assert record.model is not None
+            if record.tpm is None and record.rpm is None:
+                self.capacities.pop(record.model, None)
+            else:
+                self.capacities[record.model] = ModelCapacity(record.tpm, record.rpm)
+        elif record.kind == "key_priority":
+            assert record.key_id is not None
+            if record.priority is None:
+                self.key_priorities.pop(record.key_id, None)
+            else:
+                self.key_priorities[record.key_id] = record.priority
+        else:
+            self.reservation = None if record.reservation is None else _fractions(record.reservation)
+
+    def forget(self, topic_key: str) -> None:
+        """A tombstone on ``rate-limits``: the key's setting is gone."""
+        if topic_key.startswith("model:"):
+            self.capacities.pop(topic_key.removeprefix("model:"), None)
+        elif topic_key.startswith("key:"):
+            self.key_priorities.pop(topic_key.removeprefix("key:"), None)
+        elif topic_key == PRIORITY_RESERVATION_KEY:
+            self.reservation = None
+
+    @property
+    def reservations(self) -> dict[str, Fraction]:
+        return self.default_reservation if self.reservation is None else self.reservation
+
+    def priority_of(self, key: str, requested: str | None) -> str | None:
+        """A request's own priority wins over the key's."""
+        return requested if requested is not None else self.key_priorities.get(key)
+
+    def weight(self, priority: str | None) -> Fraction:
+        """The priority's reserved fraction; 1 without a priority. Raises KeyError for a
+        priority the reservation does not name (a typo must not get full capacity)."""
+        if priority is None or not self.reservations:
+            return Fraction(1)
+        return self.reservations[priority]
+
+    # -- this minute ---------------------------------------------------------------------
+
+    def _minute(self, now: datetime) -> int:
+        minute = minute_of(now)
+        if minute != self.minute:
+            self.minute = minute
+            self.use = {}
+        return minute
+
+    def decide(self, model: str, key: str, priority: str | None, now: datetime) -> RateDecision:
+        """May ``key`` call ``model`` now? Counts nothing."""
+        capacity = self.capacities.get(model)
+        if capacity is None:
+            return ALLOWED_WITHOUT_LIMITS
+        self._minute(now)
+        weight = self.weight(priority)
+        use = self.use.get(model) or ModelMinute()
+        own = use.keys.get(key) or KeyUse(priority=priority)
+        same_priority = [k for k, u in use.keys.items() if u.admitted and u.priority == priority]
+        active = len(same_priority) + (0 if own.admitted and own.priority == priority else 1)
+        saturated = _saturated(capacity, use, self.saturation)
+        reset_s = seconds_to_next_minute(now)
+        dimensions: list[Dimension] = []
+        for name, cap, key_used, model_used, pool_used in (
+            ("TPM", capacity.tpm, own.tokens, use.tokens, sum(use.keys[k].tokens for k in same_priority)),
+            ("RPM", capacity.rpm, own.requests, use.requests, sum(use.keys[k].requests for k in same_priority)),
+        ):
+            if cap is None:
+                continue
+            share = (cap * weight.numerator) // (weight.denominator * active)
+            dimension = Dimension(name, cap, share, key_used, model_used, active)  # type: ignore[arg-type]
+            dimensions.append(dimension)
+            pool = cap * weight
+            may_borrow = not saturated and pool_used < pool
+            if dimension.model_remaining <= 0 or (dimension.available <= 0 and not may_borrow):
+                message = (
+                    f"Key={key} over available {name}={dimension.available}. "
+                    f"Model {name}={dimension.model_remaining}, Active keys={active}"
+                )
+                return self._decision(False, dimensions, reset_s, message, name)  # type: ignore[arg-type]
+        return self._decision(True, dimensions, reset_s)
+
+    @staticmethod
+    def _decision(
+        allowed: bool,
+        dimensions: list[Dimension],
+        reset_s: int,
+        message: str | None = None,
+        refused_on: Literal["TPM", "RPM"] | None = None,
+    ) -> RateDecision:
+        by_name = {d.name: d for d in dimensions}
+        return RateDecision(allowed, message, refused_on, by_name.get("TPM"), by_name.get("RPM"), reset_s)
+
+    def count_admitted(
+        self, model: str, key: str, priority: str | None, tokens: int, at: datetime, now: datetime
+    ) -> None:
+        """An admitted call: one request and its estimated tokens in the minute it was
+        admitted (nothing when that minute is over)."""
+        if minute_of(at) != self._minute(now):
+            return
+        use = self.use.setdefault(model, ModelMinute())
+        own = use.keys.get(key)
+        if own is None:
+            own = use.keys[key] = KeyUse(priority=priority)
+        own.admitted = True
+        own.priority = priority
+        own.requests += 1
+        own.tokens += tokens
+        use.requests += 1
+        use.tokens += tokens
+
+    def count_tokens(self, model: str, key: str, tokens_delta: int, at: datetime, now: datetime) -> None:
+        """Tokens of usage in the minute ``at`` (a settled call's actual minus its
+        estimate, or a call made without admission); nothing when that minute is over."""
+        if tokens_delta == 0 or model not in self.capacities or minute_of(at) != self._minute(now):
+            return
+        use = self.use.setdefault(model, ModelMinute())
+        own = use.keys.get(key)
+        if own is None:
+            own = use.keys[key] = KeyUse(priority=self.key_priorities.get(key))
+        own.tokens = max(0, own.tokens + tokens_delta)
+        use.tokens = max(0, use.tokens + tokens_delta)
+
+
+def _saturated(capacity: ModelCapacity, use: ModelMinute, threshold: Fraction) -> bool:
+    for cap, used in ((capacity.tpm, use.tokens), (capacity.rpm, use.requests)):
+        if cap is not None and used >= cap * threshold:
+            return True
+    return False
+
+
+def _fractions(reservation: Mapping[str, Decimal | float]) -> dict[str, Fraction]:
+    found = {}
+    for name, value in reservation.items():
+        fraction = Fraction(str(value))
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"priority_reservation[{name!r}] = {value} is not a fraction from 0 to 1")
+        found[name] = fraction
+    return found
+
+
+def rate_key(key: str | None, user: str | None) -> str:
+    """Whose share a call uses: its key, else its user, else everyone without one."""
+    if key is not None:
+        return key
+    return f"user:{user}" if user is not None else "anonymous"
