@@ -131,7 +131,7 @@ class BudgetWrite(BudgetInfo):
     """A budget write's answer; ``applied`` False: the worker had not confirmed it in time
     (HTTP 202) and the scope is shown as it will be."""
 
-    command_id: str
+    command_id: str | None = None  # None: only a key's priority was set
     applied: bool
 
 

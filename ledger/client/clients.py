@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Self, TypeVar
+from decimal import Decimal
+from typing import Any, Self, TypeVar
 
 import httpx
 
+from ledger.client.admission_calls import (
+    Admitted,
+    HoldInfo,
+    ModelLimitsInfo,
+    RateLimitsInfo,
+    admissions_call,
+    admit_call,
+    delete_model_limits_call,
+    key_priority_call,
+    priority_reservation_call,
+    rate_limits_call,
+    release_call,
+    set_model_limits_call,
+)
 from ledger.client.answers import (
     AlertRecord,
     BudgetExceeded,
@@ -204,6 +219,41 @@ class LedgerClient:
         """The latest budget alerts from the store, newest first."""
         return self.run(alerts_call(scope, kind, since, limit))
 
+    # -- admission (DESIGN section 10) ---------------------------------------------------
+
+    def admit(self, request_id: str, model: str, **call: Any) -> Admitted:
+        """Hold a call's estimated cost and rate share (``POST /v1/admit``); ``call`` takes
+        user, team, key, end_user, tags, priority, prompt_tokens or messages, max_tokens,
+        or cost. Raises ``BudgetRefused`` (402) or ``RateLimited`` (429)."""
+        return self.run(admit_call(request_id, model, **call))
+
+    def release(self, request_id: str) -> HoldInfo:
+        """Release a hold (the call failed or was not made)."""
+        return self.run(release_call(request_id))
+
+    def admissions(self, scope: str | None = None, limit: int = 1_000) -> list[HoldInfo]:
+        """Open holds, oldest first (of ``scope`` only, if given)."""
+        return self.run(admissions_call(scope, limit))
+
+    def set_model_limits(self, model: str, *, tpm: int | None = None, rpm: int | None = None) -> ModelLimitsInfo:
+        """A model's TPM/RPM capacity, shared by the keys that call it."""
+        return self.run(set_model_limits_call(model, tpm=tpm, rpm=rpm))
+
+    def delete_model_limits(self, model: str) -> ModelLimitsInfo:
+        return self.run(delete_model_limits_call(model))
+
+    def rate_limits(self) -> RateLimitsInfo:
+        """Every model's capacity, the priority reservation and the keys' priorities."""
+        return self.run(rate_limits_call())
+
+    def set_priority_reservation(self, reservation: Mapping[str, Decimal | float | str] | None) -> dict[str, Any]:
+        """LiteLLM's ``priority_reservation`` (``{"dev": 0, "prod": 1}``); None: the setting's."""
+        return self.run(priority_reservation_call(reservation))
+
+    def set_key_priority(self, key_id: str, priority: str) -> dict[str, Any]:
+        """The priority of a key's calls when an admit names none."""
+        return self.run(key_priority_call(key_id, priority))
+
 
 class AsyncLedgerClient:
     """The asyncio twin of ``LedgerClient``: the same methods, awaited."""
@@ -347,3 +397,30 @@ class AsyncLedgerClient:
         self, *, scope: str | None = None, kind: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[AlertRecord]:
         return await self._run(alerts_call(scope, kind, since, limit))
+
+    # -- admission ---------------------------------------------------------------------
+
+    async def admit(self, request_id: str, model: str, **call: Any) -> Admitted:
+        """See ``LedgerClient.admit``."""
+        return await self._run(admit_call(request_id, model, **call))
+
+    async def release(self, request_id: str) -> HoldInfo:
+        return await self._run(release_call(request_id))
+
+    async def admissions(self, scope: str | None = None, limit: int = 1_000) -> list[HoldInfo]:
+        return await self._run(admissions_call(scope, limit))
+
+    async def set_model_limits(self, model: str, *, tpm: int | None = None, rpm: int | None = None) -> ModelLimitsInfo:
+        return await self._run(set_model_limits_call(model, tpm=tpm, rpm=rpm))
+
+    async def delete_model_limits(self, model: str) -> ModelLimitsInfo:
+        return await self._run(delete_model_limits_call(model))
+
+    async def rate_limits(self) -> RateLimitsInfo:
+        return await self._run(rate_limits_call())
+
+    async def set_priority_reservation(self, reservation: Mapping[str, Decimal | float | str] | None) -> dict[str, Any]:
+        return await self._run(priority_reservation_call(reservation))
+
+    async def set_key_priority(self, key_id: str, priority: str) -> dict[str, Any]:
+        return await self._run(key_priority_call(key_id, priority))
