@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import orjson
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger.api.deps import ADMIN, CLIENT, ApiError, Services, now
@@ -24,7 +25,7 @@ from ledger.domain.admission import Admission, AdmitRequest, Estimate, Hold, Req
 from ledger.domain.checks import TAGS_PER_CHECK_MAX, call_scopes
 from ledger.domain.errors import InvalidUsage, UnpricedModel
 from ledger.domain.events import EventId, Identifier, ModelName, TokenCount, TokenUsage, UsageEvent
-from ledger.domain.money import usd_to_nanos
+from ledger.domain.money import MoneyError, usd_to_nanos
 from ledger.domain.pricing import price_event
 from ledger.domain.rate_shares import CAPACITY_MAX, PriorityName, RateLimitRecord, Reservation, rate_key
 from ledger.domain.scopes import InvalidScope
@@ -35,6 +36,7 @@ MESSAGES_MAX = 10_000
 TOKENS_PER_MESSAGE = 4  # OpenAI's chat framing per message, and the reply's priming
 HOLDS_LISTED_MAX = 10_000
 APPLY_POLL_S = 0.01
+TEXT_INLINE_CHARS_MAX = 65_536  # longer messages are tokenized off the event loop
 
 
 class ChatMessage(BaseModel):
@@ -158,20 +160,26 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Estimate:
+async def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Estimate:
     """The call's cost and tokens, priced with the current book from its prompt tokens and
     ``max_tokens`` (an upper bound when ``max_tokens`` caps the reply)."""
     if body.prompt_tokens is not None:
         prompt = body.prompt_tokens
     elif body.messages is not None:
         text = "\n".join(message.text() for message in body.messages)
-        prompt = count_tokens(text) + TOKENS_PER_MESSAGE * (len(body.messages) + 1)
+        counted = (
+            await run_in_threadpool(count_tokens, text) if len(text) > TEXT_INLINE_CHARS_MAX else count_tokens(text)
+        )
+        prompt = counted + TOKENS_PER_MESSAGE * (len(body.messages) + 1)
     else:
         prompt = 0
     output = body.max_tokens if body.max_tokens is not None else api.settings.admission_default_max_tokens
     tokens = prompt + output
     if body.cost is not None:
-        return Estimate(usd_to_nanos(body.cost), tokens)
+        try:
+            return Estimate(usd_to_nanos(body.cost, exact=True), tokens)
+        except MoneyError as exc:
+            raise ApiError(422, f"cost: {exc}", "invalid_request", field="cost") from exc
     book = api.admission.price_book
     if book is None:
         raise ApiError(503, "the price book is not loaded yet; retry", "not_ready", headers={"retry-after": "1"})
@@ -212,7 +220,7 @@ async def admit(api: Services, body: Annotated[AdmitBody, Body()]) -> Response:
         scopes = call_scopes(user=body.user, team=body.team, key=body.key, end_user=body.end_user, tags=body.tags)
     except (InvalidScope, ValueError) as exc:
         raise ApiError(422, str(exc), "invalid_scope") from exc
-    estimate = estimate_call(body, api, at)
+    estimate = await estimate_call(body, api, at)
     who = rate_key(body.key, body.user)
     request = AdmitRequest(
         body.request_id, scopes, body.model, who, service.book.rates.priority_of(who, body.priority), estimate
@@ -308,7 +316,7 @@ def hold_view(hold: Hold) -> dict[str, Any]:
 
 
 @router.delete(
-    "/v1/admit/{request_id}",
+    "/v1/admit/{request_id:path}",
     dependencies=[CLIENT],
     responses={409: {"model": ErrorView, "description": "the hold already ended"}},
     summary="Release a hold (the call failed or was not made)",

@@ -227,6 +227,8 @@ class AdmissionService:
                 self.book.end(hold.request_id, "expired", now)
                 self._to_publish.append(hold.event("expired", now, self.instance_id))
             self.book.drain_all(self.budget_state.snapshot)
+            if self.book.stop_waiting(now):
+                log.warning("admission: settled charges not in the budget state by their hold's expiry; no longer held")
             if self._to_publish:
                 pending, self._to_publish = self._to_publish, []
                 await asyncio.gather(*(self.publish_event(event) for event in pending))

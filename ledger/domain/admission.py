@@ -393,6 +393,18 @@ class AdmissionBook:
             and (hold.expires_at <= now if hold.instance_id == self.instance_id else hold.expires_at + grace <= now)
         ]
 
+    def stop_waiting(self, now: datetime) -> int:
+        """Stop holding settled charges still not in a scope's state at their hold's
+        expiry (a safety net: the worker folds every charge, and soon); how many."""
+        stale = [hold for hold in self.holds.values() if hold.state == "settled" and hold.expires_at <= now]
+        for hold in stale:
+            for scope, (_, _, cost) in hold.waiting.items():
+                self._reserve(scope, hold.model, -cost)
+                self._waiting.get(scope, set()).discard(hold.request_id)
+            hold.waiting.clear()
+            self.holds.pop(hold.request_id, None)
+        return len(stale)
+
     def forget_closed(self, now: datetime) -> None:
         """Drop the memory of holds that ended long ago (their ids may not be reused
         within that time)."""

@@ -28,6 +28,7 @@ def until(
     *,
     timeout_s: float = 30.0,
     shown: Callable[[T], str] = repr,
+    interval_s: float = 0.2,
 ) -> T:
     """Call ``probe`` until ``holds`` its result (bounded); fail naming ``what`` and the last result."""
     deadline = time.monotonic() + timeout_s
@@ -37,7 +38,7 @@ def until(
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; last: {shown(result)}")
-        time.sleep(0.2)
+        time.sleep(interval_s)
 
 
 def usage(event_id: str, *, user: str = "u", team: str | None = None, prompt: int = 100, **fields: Any) -> dict:

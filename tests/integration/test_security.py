@@ -58,8 +58,13 @@ OPEN_ROUTES = {
     ("GET", "/redoc"),
 }
 # The routes the ingest key opens (ledger/api/auth.py); every other route is admin.
-CLIENT_ROUTES = {("POST", "/v1/usage"), ("GET", "/v1/check")}
-PATH_VALUES = {"kind": "team", "scope_id": "security-probe"}
+CLIENT_ROUTES = {
+    ("POST", "/v1/usage"),
+    ("GET", "/v1/check"),
+    ("POST", "/v1/admit"),
+    ("DELETE", "/v1/admit/{request_id}"),
+}
+PATH_VALUES = {"kind": "team", "scope_id": "security-probe", "request_id": "probe-request", "model": "gpt-4o-mini"}
 TEAM_BUDGET = {"max_budget": "2.5", "soft_budget": "1", "budget_duration": "30d", "alias": "security"}
 TIMEOUT_S = 30.0
 

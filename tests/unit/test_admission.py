@@ -95,7 +95,9 @@ def test_settled_holds_count_their_actual_cost_until_the_state_shows_it():
         assert admissions.admit(request(f"r{i}", USD), states, T0).status == 200
     snapshot = states.by_scope[TEAM]
     for i in range(5):  # each call cost half its estimate; the worker has not folded it yet
-        admissions.settle(SettledCharge(f"r{i}", ("global:*", TEAM), "gpt-4o", USD // 2, 30, T0, "u1", 10 + i), states, T0)
+        admissions.settle(
+            SettledCharge(f"r{i}", ("global:*", TEAM), "gpt-4o", USD // 2, 30, T0, "u1", 10 + i), states, T0
+        )
     assert admissions.held_by_scope()[TEAM] == 5 * (USD // 2)
     assert admissions.admit(request("early", USD // 2 * 5 + 1), states, T0).status == 402
     for i in range(5):
@@ -301,3 +303,15 @@ def test_rate_limit_records_are_consistent():
 def test_charge_source_reads_the_workers_batch_ids():
     assert charge_source("p.internal.usage-by-event/3/1234") == ("u3", 1234)
     assert charge_source("api-batch") is None
+
+
+def test_a_settled_charge_never_folded_stops_being_held_at_the_holds_expiry():
+    states = States(team=budget(TEAM, 5 * USD))
+    admissions = book(ttl_s=60)
+    admissions.admit(request("r", USD), states, T0)
+    admissions.settle(SettledCharge("r", ("global:*", TEAM), "gpt-4o", USD, 30, T0, "u1", 99), states, T0)
+    assert admissions.stop_waiting(T0 + timedelta(seconds=59)) == 0
+    assert admissions.held_by_scope()[TEAM] == USD
+    assert admissions.stop_waiting(T0 + timedelta(seconds=60)) == 1
+    assert admissions.held_by_scope() == {}
+    assert admissions.holds == {}
