@@ -1,6 +1,6 @@
 """Bearer keys: the master key for admin routes, an optional ingest key for clients.
 
-Clients (a gateway publishing usage and asking ``check``) may use the ingest key or the
+Clients (a gateway publishing usage, asking ``check``, admitting calls) may use the ingest key or the
 master key; everything that reads or changes budgets, spend and history needs the master
 key. Keys are compared in constant time. With no master key configured (a loopback-only
 dev api), every route is open.
@@ -60,5 +60,7 @@ def authorize(keys: Keys, authorization: str | None, role: Role) -> None:
     if _same(token, keys.ingest):
         if role == "client":
             return
-        raise AuthError(403, "the ingest key may publish usage and check budgets only; this route needs the master key")
+        raise AuthError(
+            403, "the ingest key may publish usage, check budgets and admit calls only; this route needs the master key"
+        )
     raise AuthError(403, "invalid key")

@@ -6,10 +6,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ledger.domain.admission import AdmissionEvent
 from ledger.domain.budgets import BudgetAlert, BudgetCommand, BudgetState
 from ledger.domain.events import UsageBatch, UsageEvent
 from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch
+from ledger.domain.rate_shares import RateLimitRecord
 from ledger.domain.snapshots import BudgetSnapshot
 from ledger.domain.wire import DeadLetter
 
@@ -24,6 +26,8 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "BudgetSnapshot": BudgetSnapshot,
     "BudgetAlert": BudgetAlert,
     "DeadLetter": DeadLetter,
+    "AdmissionEvent": AdmissionEvent,
+    "RateLimitRecord": RateLimitRecord,
 }
 
 
