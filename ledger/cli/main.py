@@ -12,9 +12,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ledger.cli import admission as admission_commands
 from ledger.cli import alerts as alert_commands
 from ledger.cli import budgets as budget_commands
 from ledger.cli import dev as dev_commands
+from ledger.cli import limits as limit_commands
 from ledger.cli import prices as price_commands
 from ledger.cli import replay as replay_commands
 from ledger.cli import serve as serve_commands
@@ -47,6 +49,10 @@ app.add_typer(budget_commands.budgets_app, name="budgets")
 app.command()(usage_commands.check)
 app.command()(usage_commands.publish)
 app.add_typer(alert_commands.alerts_app, name="alerts")
+app.command()(admission_commands.admit)
+app.command()(admission_commands.release)
+app.command()(admission_commands.admissions)
+app.add_typer(limit_commands.limits_app, name="limits")
 prices_app.command("import")(price_commands.prices_import)
 
 
