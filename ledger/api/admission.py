@@ -262,7 +262,7 @@ def _admitted(hold: Hold, admission: Admission) -> dict[str, Any]:
         **hold_view(hold),
         "admitted": True,
         "repeated": admission.repeated,
-        "scopes": _rooms(admission.scopes),
+        "scopes": _rooms(admission.scopes, 0 if admission.repeated else hold.estimate_nanos),
         "tpm": None if rate.tokens is None else _rate(rate.tokens),
         "rpm": None if rate.requests is None else _rate(rate.requests),
     }
@@ -277,7 +277,9 @@ def _rate(dimension: Any) -> dict[str, int]:
     }
 
 
-def _rooms(rooms: tuple[ScopeRoom, ...]) -> list[dict[str, Any]]:
+def _rooms(rooms: tuple[ScopeRoom, ...], this_hold_nanos: int = 0) -> list[dict[str, Any]]:
+    """Each scope as admission saw it; ``this_hold_nanos``: the hold just taken, counted
+    in ``held_nanos`` as it is in ``remaining_budget_nanos``."""
     views = []
     for room in rooms:
         limit = room.binding
@@ -287,7 +289,7 @@ def _rooms(rooms: tuple[ScopeRoom, ...]) -> list[dict[str, Any]]:
             {
                 "scope_key": room.scope_key,
                 "spend_nanos": 0 if limit is None else limit.spend_nanos,
-                "held_nanos": room.held_nanos,
+                "held_nanos": room.held_nanos + this_hold_nanos,
                 "max_budget": usd(cap),
                 "max_budget_nanos": cap,
                 "remaining_budget": usd(remaining),
