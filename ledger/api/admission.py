@@ -13,7 +13,6 @@ from fractions import Fraction
 from typing import Annotated, Any
 
 import orjson
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -209,9 +208,10 @@ async def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Esti
     summary="Admit a call: hold its estimated cost and rate share",
 )
 async def admit(api: Services, body: Annotated[AdmitBody, Body()]) -> Response:
-    """Answered from memory: 402 when ``spent + held + estimate > max_budget`` for a scope,
-    429 when the key's TPM/RPM share is used up, else 200 with the hold (once the broker
-    has its ``held`` record). The same request id again returns its open hold."""
+    """Answered from memory, at once: 402 when ``spent + held + estimate > max_budget`` for
+    a scope, 429 when the key's TPM/RPM share is used up, else 200 with the hold (its
+    ``held`` record is published right after). The same request id again returns its
+    open hold."""
     service = api.admission
     if not service.ready.is_set():
         raise ApiError(503, "admission is loading its holds; retry shortly", "not_ready", headers={"retry-after": "1"})
@@ -248,11 +248,7 @@ async def admit(api: Services, body: Annotated[AdmitBody, Body()]) -> Response:
     hold = admission.hold
     assert hold is not None
     if not admission.repeated:
-        try:
-            await service.publish_hold(hold)
-        except KafkaError:
-            service.book.cancel(hold.request_id)
-            raise
+        service.publish_hold(hold)
     return _json(_admitted(hold, admission), 200, admission.rate.headers())
 
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from ledger.api.state import BudgetStateCache
@@ -81,6 +82,8 @@ class AdmissionService:
         self._publish = publish
         self._start_offsets: dict[tuple[str, int], int] = {}
         self._to_publish: list[AdmissionEvent] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self.publish_failures = 0
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -231,7 +234,7 @@ class AdmissionService:
                 log.warning("admission: settled charges not in the budget state by their hold's expiry; no longer held")
             if self._to_publish:
                 pending, self._to_publish = self._to_publish, []
-                await asyncio.gather(*(self.publish_event(event) for event in pending))
+                await asyncio.gather(*(self._publish_or_requeue(event) for event in pending))
             if time.monotonic() >= forget_at:
                 self.book.forget_closed(now)
                 forget_at = time.monotonic() + FORGET_EVERY_S
@@ -244,8 +247,23 @@ class AdmissionService:
     async def publish_event(self, event: AdmissionEvent) -> None:
         await self._publish(self.names.admissions, event.request_id.encode(), event.model_dump_json().encode())
 
-    async def publish_hold(self, hold: Hold) -> None:
-        await self.publish_event(hold.event("held", hold.held_at, self.instance_id))
+    def publish_hold(self, hold: Hold) -> None:
+        """Publish a hold's ``held`` record without waiting for the broker: an admit is
+        answered from memory at once. A record the broker refuses is sent again by the
+        sweep until it takes it (the hold counts here meanwhile)."""
+        task = asyncio.get_running_loop().create_task(
+            self._publish_or_requeue(hold.event("held", hold.held_at, self.instance_id))
+        )
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish_or_requeue(self, event: AdmissionEvent) -> None:
+        try:
+            await self.publish_event(event)
+        except KafkaError as exc:
+            self.publish_failures += 1
+            self._to_publish.append(event)
+            log.warning("admission: %s record of %s not published, retrying: %r", event.state, event.request_id, exc)
 
 
 async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:

@@ -28,7 +28,6 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_v
 from ledger.domain.budgets import BudgetState, LimitState, Nanos, ScopeKey
 from ledger.domain.checks import current_state
 from ledger.domain.events import FROZEN, SCHEMA_VERSION, EventId, ModelName
-from ledger.domain.fold import new_state
 from ledger.domain.money import MAX_NANOS, format_usd
 from ledger.domain.rate_shares import PriorityName, RateBook, RateDecision
 from ledger.domain.snapshots import BudgetSnapshot
@@ -129,7 +128,7 @@ class ScopeRoom:
     """A scope as admission sees it: its state now, what holds reserve, what is left."""
 
     scope_key: str
-    state: BudgetState
+    state: BudgetState | None  # None: nothing has happened to the scope yet
     held_nanos: int
     binding: LimitState | None  # the applicable capped limit with the least room
     remaining_nanos: int | None  # after this call's estimate; None: no cap
@@ -266,10 +265,13 @@ class AdmissionBook:
         for scope in scope_keys:
             self._drain(scope, snapshot_of)
             snapshot = snapshot_of(scope)
-            state = new_state(scope) if snapshot is None else current_state(snapshot.state, now)
+            held_total = self._held.get(scope, 0)
+            if snapshot is None:  # no limits: nothing to refuse
+                found.append(ScopeRoom(scope, None, held_total, None, None))
+                continue
+            state = current_state(snapshot.state, now)
             binding: LimitState | None = None
             remaining: int | None = None
-            held_total = self._held.get(scope, 0)
             for limit in state.limits:
                 cap = limit.spec.max_budget_nanos
                 if cap is None or (limit.spec.model is not None and limit.spec.model != model):
@@ -316,6 +318,8 @@ class AdmissionBook:
             return None
         self._close(hold, state, now)
         hold.state = state
+        if state == "released":  # the call failed: it used no tokens (its request still counts)
+            self.rates.count_tokens(hold.model, hold.rate_key, -hold.estimated_tokens, hold.held_at, now)
         return hold
 
     def cancel(self, request_id: str) -> None:

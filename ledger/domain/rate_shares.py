@@ -88,17 +88,45 @@ class ModelCapacity:
 class KeyUse:
     tokens: int = 0
     requests: int = 0
-    priority: str | None = None
+    priority: str | None = None  # the first one it was admitted with this minute
     admitted: bool = False  # active: admitted for the model this minute
 
 
 @dataclass(slots=True)
+class PoolUse:
+    """The keys of one priority on one model this minute: how many are active, and
+    what they used together (the pool their priority's reservation bounds)."""
+
+    active: int = 0
+    tokens: int = 0
+    requests: int = 0
+
+
+@dataclass(slots=True)
 class ModelMinute:
-    """A model's use in one UTC minute: its total and each key's own."""
+    """A model's use in one UTC minute: its total, each key's own, each priority's pool.
+    Kept as running sums so a decision is O(1) whatever the number of keys."""
 
     tokens: int = 0
     requests: int = 0
     keys: dict[str, KeyUse] = field(default_factory=dict)
+    pools: dict[str | None, PoolUse] = field(default_factory=dict)
+
+    def pool(self, priority: str | None) -> PoolUse:
+        found = self.pools.get(priority)
+        if found is None:
+            found = self.pools[priority] = PoolUse()
+        return found
+
+    def add(self, own: KeyUse, tokens: int, requests: int) -> None:
+        pool = self.pool(own.priority)
+        tokens = max(tokens, -own.tokens)  # never below zero
+        own.tokens += tokens
+        own.requests += requests
+        pool.tokens += tokens
+        pool.requests += requests
+        self.tokens += tokens
+        self.requests += requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,22 +256,21 @@ class RateBook:
         weight = self.weight(priority)
         use = self.use.get(model) or ModelMinute()
         own = use.keys.get(key) or KeyUse(priority=priority)
-        same_priority = [k for k, u in use.keys.items() if u.admitted and u.priority == priority]
-        active = len(same_priority) + (0 if own.admitted and own.priority == priority else 1)
+        pool = use.pools.get(priority) or PoolUse()
+        active = pool.active + (0 if own.admitted and own.priority == priority else 1)
         saturated = _saturated(capacity, use, self.saturation)
         reset_s = seconds_to_next_minute(now)
         dimensions: list[Dimension] = []
         for name, cap, key_used, model_used, pool_used in (
-            ("TPM", capacity.tpm, own.tokens, use.tokens, sum(use.keys[k].tokens for k in same_priority)),
-            ("RPM", capacity.rpm, own.requests, use.requests, sum(use.keys[k].requests for k in same_priority)),
+            ("TPM", capacity.tpm, own.tokens, use.tokens, pool.tokens),
+            ("RPM", capacity.rpm, own.requests, use.requests, pool.requests),
         ):
             if cap is None:
                 continue
             share = (cap * weight.numerator) // (weight.denominator * active)
             dimension = Dimension(name, cap, share, key_used, model_used, active)  # type: ignore[arg-type]
             dimensions.append(dimension)
-            pool = cap * weight
-            may_borrow = not saturated and pool_used < pool
+            may_borrow = not saturated and pool_used * weight.denominator < cap * weight.numerator
             if dimension.model_remaining <= 0 or (dimension.available <= 0 and not may_borrow):
                 message = (
                     f"Key={key} over available {name}={dimension.available}. "
@@ -274,12 +301,17 @@ class RateBook:
         own = use.keys.get(key)
         if own is None:
             own = use.keys[key] = KeyUse(priority=priority)
-        own.admitted = True
-        own.priority = priority
-        own.requests += 1
-        own.tokens += tokens
-        use.requests += 1
-        use.tokens += tokens
+        if not own.admitted:
+            if own.priority != priority and (own.tokens or own.requests):  # used before under another pool
+                moved = use.pool(own.priority)
+                moved.tokens -= own.tokens
+                moved.requests -= own.requests
+                use.pool(priority).tokens += own.tokens
+                use.pool(priority).requests += own.requests
+            own.priority = priority
+            own.admitted = True
+            use.pool(priority).active += 1
+        use.add(own, tokens, 1)
 
     def count_tokens(self, model: str, key: str, tokens_delta: int, at: datetime, now: datetime) -> None:
         """Tokens of usage in the minute ``at`` (a settled call's actual minus its
@@ -290,13 +322,12 @@ class RateBook:
         own = use.keys.get(key)
         if own is None:
             own = use.keys[key] = KeyUse(priority=self.key_priorities.get(key))
-        own.tokens = max(0, own.tokens + tokens_delta)
-        use.tokens = max(0, use.tokens + tokens_delta)
+        use.add(own, tokens_delta, 0)
 
 
 def _saturated(capacity: ModelCapacity, use: ModelMinute, threshold: Fraction) -> bool:
     for cap, used in ((capacity.tpm, use.tokens), (capacity.rpm, use.requests)):
-        if cap is not None and used >= cap * threshold:
+        if cap is not None and used * threshold.denominator >= cap * threshold.numerator:
             return True
     return False
 

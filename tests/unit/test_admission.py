@@ -315,3 +315,14 @@ def test_a_settled_charge_never_folded_stops_being_held_at_the_holds_expiry():
     assert admissions.stop_waiting(T0 + timedelta(seconds=60)) == 1
     assert admissions.held_by_scope() == {}
     assert admissions.holds == {}
+
+
+def test_a_released_call_gives_back_its_estimated_tokens_but_not_its_request():
+    admissions = book()
+    admissions.rates.configure(limits("gpt-4o", tpm=100, rpm=10))
+    states = States()
+    admissions.admit(request("a", 0, key="k", tokens=60), states, T0)
+    admissions.end("a", "released", T0)
+    use = admissions.rates.use["gpt-4o"]
+    assert (use.tokens, use.requests) == (0, 1)
+    assert (use.keys["k"].tokens, use.keys["k"].requests) == (0, 1)
