@@ -3,6 +3,9 @@
 The SDK is importable from here (``from ledger import BudgetManager``); its names load
 on first use, so the worker and the domain do not pay for the SDK's imports.
 
+``ledger.admission(...)`` (``async with``) holds a call's estimated cost and rate share
+before it is made, so concurrent callers cannot overspend a budget (``ledger.sdk.admission``).
+
 ``ledger.max_budget`` is the process-wide budget in USD (``None``: no limit), LiteLLM's
 ``litellm.max_budget``: ``ledger.guard()`` and the LiteLLM callback refuse calls once
 ``ledger.current_cost()`` exceeds it.
@@ -39,9 +42,15 @@ _EXPORTS = {
     "LedgerClient": "ledger.client",
     "AsyncLedgerClient": "ledger.client",
     "SpendLedgerCallback": "ledger.integrations.litellm_callback",
+    "admission": "ledger.sdk.admission",
+    "admission_sync": "ledger.sdk.admission",
+    "AdmissionHold": "ledger.sdk.admission",
+    "SyncAdmissionHold": "ledger.sdk.admission",
+    "RateLimitExceededError": "ledger.sdk.admission",
 }
 
 __all__ = [
+    "AdmissionHold",
     "AsyncLedgerClient",
     "BudgetAlert",
     "BudgetExceededError",
@@ -51,11 +60,15 @@ __all__ = [
     "LedgerClient",
     "PublishUnconfirmed",
     "Published",
+    "RateLimitExceededError",
     "SpendLedgerCallback",
     "SpendLedgerProducer",
+    "SyncAdmissionHold",
     "SyncProducer",
     "TokenUsage",
     "UsageEvent",
+    "admission",
+    "admission_sync",
     "current_cost",
     "current_cost_nanos",
     "guard",
@@ -71,6 +84,13 @@ if TYPE_CHECKING:
     from ledger.domain.budgets import BudgetAlert
     from ledger.domain.events import TokenUsage, UsageEvent
     from ledger.integrations.litellm_callback import SpendLedgerCallback
+    from ledger.sdk.admission import (
+        AdmissionHold,
+        RateLimitExceededError,
+        SyncAdmissionHold,
+        admission,
+        admission_sync,
+    )
     from ledger.sdk.alerts import subscribe_alerts
     from ledger.sdk.budget_manager import BudgetManager
     from ledger.sdk.guard import (

@@ -1,5 +1,8 @@
 """A LiteLLM callback that publishes one usage event per successful call and can refuse a
-call before it is made when a budget is exceeded.
+call before it is made when a budget is exceeded. On a LiteLLM proxy it admits each request
+(DESIGN section 10): the request's estimated cost is held on its budgets and its tokens on
+the key's share of the model's TPM/RPM until its usage event settles the hold, so
+concurrent requests cannot overspend a budget, and keys share a model's capacity.
 
 Enable it with one line::
 
@@ -22,10 +25,11 @@ import atexit
 import concurrent.futures
 import logging
 import threading
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,7 +41,16 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         f"ledger.integrations.litellm_callback needs litellm ({exc}): pip install 'spend-ledger[litellm]'"
     ) from exc
 
-from ledger.client import LedgerClient, LedgerClientError
+from ledger.client import (
+    Admitted,
+    AsyncLedgerClient,
+    BudgetRefused,
+    LedgerApiError,
+    LedgerClient,
+    LedgerClientError,
+    LedgerConnectionError,
+    RateLimited,
+)
 from ledger.client.calls import key_of
 from ledger.domain.errors import InvalidUsage, UnpricedModel
 from ledger.domain.events import UsageEvent
@@ -45,6 +58,7 @@ from ledger.domain.money import usd_to_nanos
 from ledger.domain.pricing import price_event
 from ledger.domain.usage_shapes import as_mapping, event_from_litellm_payload
 from ledger.pricebooks.genai import genai_prices_book
+from ledger.sdk.admission import budget_error
 from ledger.sdk.guard import BudgetExceededError, check_process_budget, guard, record_cost
 from ledger.sdk.producer import HttpUsagePublisher, Published, SpendLedgerProducer
 from ledger.settings import Settings
@@ -53,15 +67,17 @@ from ledger.tokenizer import count_tokens
 log = logging.getLogger(__name__)
 
 Transport = Literal["http", "kafka"]
+T = TypeVar("T")
 
 # Limits. LiteLLM gives an async success callback 20 s (LOGGING_WORKER_MAX_TIME_PER_COROUTINE);
 # a publish that outlives it is shielded and still finishes, and is logged either way.
 PUBLISH_ATTEMPTS_MAX = 3  # sends of one event, all with the same event_id
 PUBLISH_REQUEST_TIMEOUT_S = 5.0  # one api request or one broker acknowledgement
 PUBLISH_WAIT_S = 20.0  # the sync success callback waits this long for its publish
-CHECK_TIMEOUT_S = 5.0  # one /v1/check request
+CHECK_TIMEOUT_S = 5.0  # one /v1/check, /v1/admit or release request
 FLUSH_AT_EXIT_S = 10.0
 RECENT_EVENT_IDS_MAX = 10_000  # an id LiteLLM reports twice is charged once
+ADMITTED_CALLS_MAX = 100_000  # calls this process admitted, remembered until their success or failure
 
 # Where a call names its scopes: LiteLLM's own metadata keys (the proxy sets the same ones,
 # and the standard logging payload carries them), and ``user`` for the end user.
@@ -87,6 +103,16 @@ class CallScopes:
     @property
     def named(self) -> bool:
         return any((self.user, self.team, self.key, self.end_user, self.tags))
+
+
+@dataclass(slots=True)
+class _AdmittedCall:
+    """A call this callback admitted: whether its hold was released, and the id of the
+    first response charged under it (a second, different response is another call that
+    reused the ``litellm_call_id``, and is charged under its own id)."""
+
+    released: bool = False
+    response_id: str | None = None
 
 
 def _text(value: Any) -> str | None:
@@ -144,6 +170,96 @@ def scopes_of_proxy_request(user_api_key_dict: Any, data: Mapping[str, Any]) -> 
         tags=from_data.tags,
         model=from_data.model,
     )
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (part.get("text") for part in content if isinstance(part, Mapping))
+        return "\n".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def admission_messages(data: Mapping[str, Any]) -> list[dict[str, str]] | None:
+    """The request's prompt as ``/v1/admit`` counts it: each chat message's role and text
+    (images, audio and tool calls are left out), or a text completion's ``prompt`` / an
+    embedding's ``input`` as user messages. None when the request has no text."""
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        return [
+            {"role": _text(message.get("role")) or "user", "content": _message_text(message.get("content"))}
+            for message in messages
+            if isinstance(message, Mapping)
+        ]
+    for field in ("prompt", "input"):
+        value = data.get(field)
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if texts and all(isinstance(text, str) for text in texts):
+            return [{"role": "user", "content": text} for text in texts]
+    return None
+
+
+def admission_max_tokens(data: Mapping[str, Any]) -> int | None:
+    """The reply's cap: ``max_tokens``, else ``max_completion_tokens``; None lets the api
+    use its ``admission_default_max_tokens``."""
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = data.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def key_priority(user_api_key_dict: Any) -> str | None:
+    """The key's priority where LiteLLM's dynamic rate limiter reads it: ``metadata.priority``."""
+    metadata = getattr(user_api_key_dict, "metadata", None)
+    return _text(metadata.get("priority")) if isinstance(metadata, Mapping) else None
+
+
+class ProxyBudgetExceededError(BudgetExceededError, litellm.BudgetExceededError):  # type: ignore[misc]
+    """A budget refusal on the LiteLLM proxy, as both errors at once: LiteLLM's own
+    ``litellm.BudgetExceededError`` (what the proxy, its loggers and ``except`` clauses
+    written for LiteLLM know) and the SDK's ``BudgetExceededError`` (exact ``*_nanos``, the
+    refusing ``scope``). The proxy answers with its ``status_code`` and ``type``."""
+
+    def __init__(self, refused: BudgetExceededError) -> None:
+        # LiteLLM's __init__ sets its fields and ends the chain at Exception; ours are copied.
+        litellm.BudgetExceededError.__init__(self, refused.current_cost, refused.max_budget, message=refused.message)
+        self.current_cost_nanos = refused.current_cost_nanos
+        self.max_budget_nanos = refused.max_budget_nanos
+        self.scope = refused.scope
+        self.status_code = PROXY_BUDGET_STATUS
+        self.type = "budget_exceeded"
+
+
+def proxy_budget_error(refused: BudgetExceededError) -> ProxyBudgetExceededError:
+    return refused if isinstance(refused, ProxyBudgetExceededError) else ProxyBudgetExceededError(refused)
+
+
+def proxy_rate_limit_error(refused: RateLimited, model: str | None) -> Exception:
+    """LiteLLM's own 429, as its dynamic rate limiter raises it from a proxy hook:
+    ``ProxyRateLimitError`` (a FastAPI ``HTTPException`` and a ``litellm.RateLimitError``)
+    with ``detail={"error": <message>}`` and a ``retry-after`` header; a plain
+    ``HTTPException`` of the same shape on a LiteLLM that has no ``ProxyRateLimitError``."""
+    detail = {"error": refused.message}
+    headers = {**refused.headers, "retry-after": str(refused.retry_after_s)}
+    try:
+        from litellm.exceptions import RateLimitType
+        from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
+        from litellm.proxy.hooks.rate_limiter_utils import resolve_llm_provider_for_rate_limit
+    except ImportError:
+        from fastapi import HTTPException
+
+        return HTTPException(status_code=429, detail=detail, headers=headers)
+    resolved_model, provider = resolve_llm_provider_for_rate_limit(model)
+    error: Exception = ProxyRateLimitError(
+        detail=detail,
+        headers=headers,
+        rate_limit_type=RateLimitType.TOKENS if " TPM=" in refused.message else RateLimitType.REQUESTS,
+        model=resolved_model,
+        llm_provider=provider,
+    )
+    return error
 
 
 def payload_with_call_user(payload: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -207,9 +323,9 @@ class _PublishLoop:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._pending: set[concurrent.futures.Future[None]] = set()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
 
-    def submit(self, work: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+    def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -221,12 +337,12 @@ class _PublishLoop:
         future.add_done_callback(self._forget)
         return future
 
-    def _forget(self, future: concurrent.futures.Future[None]) -> None:
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._pending.discard(future)
 
     def wait(self, timeout_s: float) -> int:
-        """Wait for every submitted publish; returns how many are still running."""
+        """Wait for every submitted publish (and admit or release); returns how many are still running."""
         with self._lock:
             pending = list(self._pending)
         _, not_done = concurrent.futures.wait(pending, timeout=timeout_s)
@@ -273,6 +389,18 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
     When the api cannot answer a check the call goes ahead (logged) unless
     ``refuse_if_unreachable``.
 
+    With ``admission`` (default, with ``check_budgets``) the proxy's ``async_pre_call_hook``
+    admits instead of checking (``POST /v1/admit``): the request id is LiteLLM's
+    ``litellm_call_id`` (set in the hook when the proxy has not), the scopes are the
+    key's, the estimate is the request's messages and ``max_tokens`` (or
+    ``max_completion_tokens``), the priority the key's ``metadata.priority``. A 402 raises
+    ``ProxyBudgetExceededError`` (LiteLLM's ``BudgetExceededError``), a 429 LiteLLM's
+    ``ProxyRateLimitError`` with ``retry-after``, as its dynamic rate limiter does. The
+    admitted call's usage event carries the ``litellm_call_id`` as its event id and settles
+    the hold; a failed call (``async_log_failure_event``, or the proxy's
+    ``async_post_call_failure_hook``) and a cache hit release it. If the api cannot admit
+    (an unpriced model, a priority it does not know), the request is checked instead.
+
     Publishing goes over HTTP (``POST /v1/usage``, default) or to Kafka, from a thread of
     the callback's own, with ``PUBLISH_ATTEMPTS_MAX`` sends that reuse the event id (a
     retry never charges twice). A payload that is not an event is logged and counted in
@@ -287,6 +415,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         key: str | None = None,
         transport: Transport = "http",
         check_budgets: bool = True,
+        admission: bool = True,
         refuse_if_unreachable: bool = False,
         settings: Settings | None = None,
         publisher: UsagePublisher | None = None,
@@ -301,6 +430,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         self.api_url = api_url
         self.transport: Transport = transport
         self.check_budgets = check_budgets
+        self.admission = admission
         self.refuse_if_unreachable = refuse_if_unreachable
         self.publish_wait_s = publish_wait_s
         self.dropped: Counter[str] = Counter()
@@ -310,8 +440,10 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         self._given_publisher = publisher
         self._publisher = publisher
         self._client: LedgerClient | None = None
+        self._admission_client: AsyncLedgerClient | None = None  # lives on the publish loop
         self._lock = threading.Lock()
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
+        self._admitted: OrderedDict[str, _AdmittedCall] = OrderedDict()  # by litellm_call_id
         self._loop = _PublishLoop("spend-ledger-litellm")
         self._exit_flush_registered = False
         if check_budgets:
@@ -342,6 +474,13 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
             if self._client is None:
                 self._client = LedgerClient(url, key, CHECK_TIMEOUT_S)
             return self._client
+
+    def _admission_client_now(self) -> AsyncLedgerClient:
+        """Runs on the publish loop, so the client's connections live on that loop."""
+        if self._admission_client is None:
+            url, key = self._api()
+            self._admission_client = AsyncLedgerClient(url, key, CHECK_TIMEOUT_S)
+        return self._admission_client
 
     def _publisher_now(self) -> UsagePublisher:
         """Runs on the publish loop, so an HTTP client is bound to that loop."""
@@ -401,16 +540,145 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
-        """The LiteLLM proxy's pre-call hook: refuse a request whose key, user, team, end
-        user or tags are over budget (the proxy answers 400 ``budget_exceeded``, as for its own)."""
+        """The LiteLLM proxy's pre-call hook: admit the request (hold its estimate), or
+        without ``admission`` check it; refuse it, as the proxy refuses with its own errors,
+        when its key, user, team, end user or tags are over budget or the key's rate share
+        of the model is used up."""
+        scopes = scopes_of_proxy_request(user_api_key_dict, data)
         try:
-            await self._acheck(scopes_of_proxy_request(user_api_key_dict, data))
+            if self.admission and self.check_budgets and scopes.model is not None:
+                check_process_budget()
+                await self._admit(scopes, data, key_priority(user_api_key_dict))
+            else:
+                await self._acheck(scopes)
         except BudgetExceededError as exc:
-            # The proxy answers with an exception's ``status_code`` and ``type`` (else 500).
-            setattr(exc, "status_code", PROXY_BUDGET_STATUS)  # noqa: B010
-            setattr(exc, "type", "budget_exceeded")  # noqa: B010
-            raise
+            raise proxy_budget_error(exc) from exc
         return None
+
+    async def _admit(self, scopes: CallScopes, data: dict[str, Any], priority: str | None) -> None:
+        assert scopes.model is not None
+        request_id = _text(data.get("litellm_call_id"))
+        if request_id is None:  # LiteLLM's proxy sets one before the hooks; the success payload carries it
+            request_id = str(uuid.uuid4())
+            data["litellm_call_id"] = request_id
+        work = self._admit_on_loop(request_id, scopes, priority, admission_messages(data), admission_max_tokens(data))
+        try:
+            admitted = await asyncio.wrap_future(self._loop.submit(work))
+        except BudgetRefused as exc:
+            raise budget_error(exc) from exc
+        except RateLimited as exc:
+            raise proxy_rate_limit_error(exc, data.get("model")) from exc
+        except LedgerConnectionError as exc:
+            if self.refuse_if_unreachable:
+                raise
+            log.warning("spend-ledger: budgets not checked, the call goes ahead: %s", exc)
+            return
+        except LedgerApiError as exc:
+            log.warning("spend-ledger: call %s not admitted (%s); its budgets are checked instead", request_id, exc)
+            await self._acheck(scopes)
+            return
+        if admitted.repeated:  # a client reused x-litellm-call-id while its first call is held
+            log.warning("spend-ledger: call id %s is already held; this request is checked instead", request_id)
+            await self._acheck(scopes)
+            return
+        with self._lock:
+            self._admitted[request_id] = _AdmittedCall()
+            if len(self._admitted) > ADMITTED_CALLS_MAX:
+                self._admitted.popitem(last=False)
+
+    async def _admit_on_loop(
+        self,
+        request_id: str,
+        scopes: CallScopes,
+        priority: str | None,
+        messages: list[dict[str, str]] | None,
+        max_tokens: int | None,
+    ) -> Admitted:
+        assert scopes.model is not None
+        return await self._admission_client_now().admit(
+            request_id,
+            scopes.model,
+            user=scopes.user,
+            team=scopes.team,
+            key=scopes.key,
+            end_user=scopes.end_user,
+            tags=scopes.tags,
+            priority=priority,
+            messages=messages,
+            max_tokens=max_tokens,
+        )
+
+    def _admitted_call_id(self, kwargs: Mapping[str, Any], payload: Mapping[str, Any] | None) -> str | None:
+        """The call's ``litellm_call_id`` if this callback admitted it, else None."""
+        call_id = _text(payload.get("litellm_call_id")) if payload is not None else None
+        call_id = call_id or _text(kwargs.get("litellm_call_id"))
+        with self._lock:
+            return call_id if call_id is not None and call_id in self._admitted else None
+
+    def _with_settling_id(self, call_id: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+        """An admitted call's payload with the call id as its ``id``, so that its event
+        settles the hold (LiteLLM's repeat reports of the same response too). Another
+        response under the same call id, from a client that reused ``x-litellm-call-id``,
+        keeps its own id and is charged on its own."""
+        response_id = _text(payload.get("id"))
+        with self._lock:
+            call = self._admitted.get(call_id)
+            if call is not None and call.response_id is None:
+                call.response_id = response_id
+            first = call is not None and call.response_id == response_id
+        if not first:
+            log.warning("spend-ledger: call id %s was reused by another call, charged as %s", call_id, response_id)
+            return payload
+        return {**payload, "id": call_id}
+
+    def _release_soon(self, call_id: str | None) -> concurrent.futures.Future[None] | None:
+        """Release the hold of an admitted call once (on the publish loop); None if there is none."""
+        if call_id is None:
+            return None
+        with self._lock:
+            call = self._admitted.get(call_id)
+            if call is None or call.released:
+                return None
+            call.released = True
+        return self._loop.submit(self._release(call_id))
+
+    async def _release(self, call_id: str) -> None:
+        try:
+            await self._admission_client_now().release(call_id)
+        except LedgerApiError as exc:
+            if exc.status in (404, 409):  # settled or expired already
+                log.debug("spend-ledger: hold %s already ended: %s", call_id, exc)
+            else:
+                log.warning("spend-ledger: hold %s not released (it expires on its own): %s", call_id, exc)
+        except Exception as exc:  # reported here: a callback must never raise into LiteLLM
+            log.warning("spend-ledger: hold %s not released (it expires on its own): %r", call_id, exc)
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """A failed call frees the budget and rate share its admission held."""
+        try:
+            payload = kwargs.get("standard_logging_object")
+            mapping = as_mapping(payload, "standard_logging_object") if payload is not None else None
+            future = self._release_soon(self._admitted_call_id(kwargs, mapping))
+        except Exception as exc:  # a callback must never raise into the user's LiteLLM call
+            log.warning("spend-ledger: a failed call's hold not released: %r", exc)
+            return
+        if future is not None:
+            await asyncio.shield(asyncio.wrap_future(future))
+
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> None:
+        """The proxy gave up on a request (a later hook refused it, or the call failed):
+        release its hold, if this callback admitted it. The error is left as it is."""
+        future = self._release_soon(self._admitted_call_id(request_data, None))
+        if future is not None:
+            await asyncio.shield(asyncio.wrap_future(future))
 
     # --- usage after a call ---------------------------------------------------------
 
@@ -447,10 +715,14 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
                 return None
             try:
                 payload = as_mapping(payload, "standard_logging_object")
+                admitted_id = self._admitted_call_id(kwargs, payload)
                 if payload.get("cache_hit") is True:
                     with self._lock:
                         self.dropped["cache_hit"] += 1
+                    self._release_soon(admitted_id)  # nothing was spent
                     return None
+                if admitted_id is not None:
+                    payload = self._with_settling_id(admitted_id, payload)
                 event = event_from_litellm_payload(payload_with_call_user(payload))
             except (InvalidUsage, ValidationError) as exc:
                 event_id = _text(payload.get("id")) if isinstance(payload, Mapping) else None
@@ -520,19 +792,22 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         return self._loop.wait(timeout_s) == 0
 
     def close(self, timeout_s: float = PUBLISH_WAIT_S) -> None:
-        """Flush, then close the publisher and the check client (a later call reopens them)."""
+        """Flush, then close the publisher and the api clients (a later call reopens them)."""
         self.flush(timeout_s)
         publisher, self._publisher = self._publisher, self._given_publisher
-        self._loop.stop(_close(publisher), timeout_s)
+        admission_client, self._admission_client = self._admission_client, None
+        self._loop.stop(_close(publisher, admission_client), timeout_s)
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
             client.close()
 
 
-async def _close(publisher: UsagePublisher | None) -> None:
+async def _close(publisher: UsagePublisher | None, admission_client: AsyncLedgerClient | None) -> None:
     if publisher is not None:
         await publisher.close()
+    if admission_client is not None:
+        await admission_client.close()
 
 
 def _process_budget_rule(_input: str) -> bool:
@@ -553,10 +828,16 @@ proxy_handler_instance = SpendLedgerCallback()
 
 __all__ = [
     "CallScopes",
+    "ProxyBudgetExceededError",
     "SpendLedgerCallback",
     "UsagePublisher",
+    "admission_max_tokens",
+    "admission_messages",
+    "key_priority",
     "payload_with_call_user",
+    "proxy_budget_error",
     "proxy_handler_instance",
+    "proxy_rate_limit_error",
     "scopes_of_call",
     "scopes_of_proxy_request",
 ]

@@ -1,0 +1,235 @@
+"""The LiteLLM callback admitting proxy requests, against a real broker, worker and api,
+with LiteLLM's own request objects (``UserAPIKeyAuth``, ``DualCache``) and calls
+(``litellm.acompletion`` with ``mock_response``: no provider is reached): LiteLLM's dynamic
+rate limiter walkthrough, a team over budget refused with LiteLLM's budget error, a failed
+call releasing its hold and a successful one settling it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm loads: nothing is fetched
+
+import litellm
+from fastapi import HTTPException
+from litellm.caching.dual_cache import DualCache
+from litellm.proxy._types import UserAPIKeyAuth
+
+import ledger
+from ledger.api.admission import TOKENS_PER_MESSAGE
+from ledger.broker import EmbeddedBroker
+from ledger.client import LedgerClient
+from ledger.integrations.litellm_callback import SpendLedgerCallback
+from ledger.tokenizer import count_tokens
+from tests.integration.builders import until
+from tests.integration.conftest import ApiProcess, Ledger
+from tests.one_loop import close_test_loop, run_async
+
+MASTER_KEY = "sk-test-litellm-admission-master"
+WAIT_S = 60.0
+MESSAGES = [{"role": "user", "content": "How many tokens is this?"}]
+PROMPT_ESTIMATE = count_tokens(MESSAGES[0]["content"]) + TOKENS_PER_MESSAGE * 2  # as /v1/admit counts it
+
+
+@dataclass
+class Stack:
+    ledger: Ledger
+    api: ApiProcess
+    client: LedgerClient
+    callback: SpendLedgerCallback
+
+
+@pytest.fixture(scope="module")
+def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log_dir = tmp_path_factory.mktemp("litellm-admission")
+    # Budget writes answer once the worker applied them; the first waits for the worker to join.
+    running = Ledger(broker, log_dir, api_apply_wait_s=30)
+    try:
+        running.start_worker()
+        api = running.start_api(log_dir / "ledger.duckdb", MASTER_KEY)
+        callback = SpendLedgerCallback(api_url=api.url, key=MASTER_KEY)
+        with LedgerClient(api.url, MASTER_KEY) as client:
+            yield Stack(running, api, client, callback)
+        callback.close()
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def clean_litellm() -> Iterator[None]:
+    """No callbacks before and after each test; each test's asyncio calls share one loop."""
+    litellm.logging_callback_manager._reset_all_callbacks()
+    yield
+    close_test_loop()
+    litellm.logging_callback_manager._reset_all_callbacks()
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def in_one_minute() -> None:
+    """Rate shares count per UTC minute: start a short test well inside one."""
+    second = datetime.now(UTC).second
+    if second >= 45:
+        time.sleep(60.5 - second)
+
+
+def proxy_request(model: str, key: UserAPIKeyAuth, max_tokens: int) -> dict[str, Any]:
+    """A chat request as the proxy hands it to the pre-call hook: its call id, and the key's
+    user, team and hash in ``metadata`` (what LiteLLM's logging payload reports)."""
+    return {
+        "model": model,
+        "messages": MESSAGES,
+        "max_tokens": max_tokens,
+        "litellm_call_id": str(uuid.uuid4()),
+        "metadata": {
+            "user_api_key_hash": key.api_key,
+            "user_api_key_team_id": key.team_id,
+            "user_api_key_user_id": key.user_id,
+        },
+        "proxy_server_request": {"url": "/chat/completions", "method": "POST", "headers": {}, "body": {}},
+    }
+
+
+def admit(callback: SpendLedgerCallback, key: UserAPIKeyAuth, data: dict[str, Any]) -> None:
+    assert run_async(callback.async_pre_call_hook(key, DualCache(), data, "completion")) is None
+
+
+def open_ids(stack: Stack, team: str) -> list[str]:
+    return [hold.request_id for hold in stack.client.admissions(scope=f"team:{team}")]
+
+
+async def until_async(probe: Callable[[], Any], holds: Callable[[Any], bool], what: str) -> Any:
+    """``until`` that lets the test's loop run (LiteLLM's logging worker lives on it)."""
+    deadline = time.monotonic() + WAIT_S
+    while not holds(found := await asyncio.to_thread(probe)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {found!r}")
+        await asyncio.sleep(0.05)
+    return found
+
+
+def test_litellm_walkthrough_sixty_tpm_two_keys_thirty_tokens_a_call(stack: Stack) -> None:
+    model = "gpt-4.1-nano"  # priced: the hook sends messages and max_tokens, never a cost
+    stack.client.set_model_limits(model, tpm=60)
+    key_1 = UserAPIKeyAuth(api_key=unique("sk-walkthrough-1"), team_id=unique("team"))
+    key_2 = UserAPIKeyAuth(api_key=unique("sk-walkthrough-2"), team_id=unique("team"))
+    thirty_tokens = 30 - PROMPT_ESTIMATE
+    in_one_minute()
+
+    first = proxy_request(model, key_1, thirty_tokens)
+    admit(stack.callback, key_1, first)
+    [hold] = stack.client.admissions(scope=f"team:{key_1.team_id}")
+    assert (hold.request_id, hold.estimated_tokens, hold.model) == (first["litellm_call_id"], 30, model)
+    admit(stack.callback, key_2, proxy_request(model, key_2, thirty_tokens))
+
+    with pytest.raises(HTTPException) as refused:
+        admit(stack.callback, key_2, proxy_request(model, key_2, thirty_tokens))
+    assert refused.value.status_code == 429
+    assert refused.value.detail == {"error": f"Key={key_2.api_key} over available TPM=0. Model TPM=0, Active keys=2"}
+    assert refused.value.headers is not None
+    assert 1 <= int(refused.value.headers["retry-after"]) <= 60
+    assert isinstance(refused.value, litellm.RateLimitError)  # LiteLLM's ProxyRateLimitError is both
+
+
+def test_a_team_over_budget_is_refused_with_litellms_budget_error(stack: Stack) -> None:
+    team = unique("team-small")
+    assert stack.client.set_budget("team", team, max_budget="0.000001").applied  # 1,000 nanos
+    key = UserAPIKeyAuth(api_key=unique("sk-small"), team_id=team)
+    with pytest.raises(litellm.BudgetExceededError) as refused:
+        admit(stack.callback, key, proxy_request("gpt-4o-mini", key, 100))
+    assert isinstance(refused.value, ledger.BudgetExceededError)  # and the SDK's, with exact nanos
+    assert refused.value.scope == f"team:{team}"
+    assert refused.value.max_budget_nanos == 1_000
+    assert (refused.value.status_code, refused.value.type) == (400, "budget_exceeded")
+    assert refused.value.message.startswith("Budget has been exceeded! Current cost: 0, Max budget: 0.000001")
+    assert open_ids(stack, team) == []
+
+
+def test_a_failed_call_releases_its_hold(stack: Stack) -> None:
+    team = unique("team-failing")
+    assert stack.client.set_budget("team", team, max_budget="1").applied
+    key = UserAPIKeyAuth(api_key=unique("sk-failing"), team_id=team)
+    data = proxy_request("gpt-4o-mini", key, 100)
+    admit(stack.callback, key, data)
+    assert open_ids(stack, team) == [data["litellm_call_id"]]
+    litellm.callbacks = [stack.callback]
+
+    async def failing_call() -> None:
+        with pytest.raises(litellm.InternalServerError):
+            await litellm.acompletion(**data, mock_response=Exception("the provider is down"))
+        await until_async(lambda: open_ids(stack, team), lambda ids: ids == [], "LiteLLM's failure event to release")
+
+    run_async(failing_call())
+    states = {
+        record["state"]
+        for record in stack.ledger.read_json(stack.ledger.topics.admissions)
+        if record["request_id"] == data["litellm_call_id"]
+    }
+    assert states == {"held", "released"}
+
+
+def test_a_successful_call_settles_its_hold_with_its_usage_event(stack: Stack) -> None:
+    team = unique("team-fine")
+    assert stack.client.set_budget("team", team, max_budget="1").applied
+    key = UserAPIKeyAuth(api_key=unique("sk-fine"), team_id=team, user_id=unique("user"))
+    data = proxy_request("gpt-4o-mini", key, 100)
+    admit(stack.callback, key, data)
+    call_id = data["litellm_call_id"]
+    litellm.callbacks = [stack.callback]
+    published = stack.callback.published
+
+    async def successful_call() -> Any:
+        response = await litellm.acompletion(**data, mock_response="fine")
+        # LiteLLM runs async success callbacks in a task on this loop: keep it open until they ran.
+        await until_async(lambda: stack.callback.published, lambda n: n > published, "the usage event")
+        return response
+
+    response = run_async(successful_call())
+    assert response.id != call_id  # LiteLLM's payload id is the response's; the event carries the call id
+    until(lambda: open_ids(stack, team), lambda ids: ids == [], "the usage event to settle the hold", timeout_s=WAIT_S)
+
+    def entries(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [entry for batch in batches for entry in batch["entries"] if entry["event_id"] == call_id]
+
+    [entry] = entries(stack.ledger.read_json(stack.ledger.topics.ledger_entries, lambda found: bool(entries(found))))
+    assert set(entry["scope_keys"]) == {"global:*", f"team:{team}", f"key:{key.api_key}", f"user:{key.user_id}"}
+    budget = stack.client.get_budget("team", team)
+    assert budget.spend_nanos == entry["cost_nanos"] == 10 * 150 + 20 * 600  # LiteLLM's mock usage: 10 in, 20 out
+
+
+def test_a_call_id_reused_by_a_client_never_makes_a_call_free(stack: Stack) -> None:
+    """The proxy takes ``litellm_call_id`` from a client's ``x-litellm-call-id`` header: two
+    calls under one id are both charged, the second under its own response id."""
+    team = unique("team-reuse")
+    assert stack.client.set_budget("team", team, max_budget="1").applied
+    key = UserAPIKeyAuth(api_key=unique("sk-reuse"), team_id=team)
+    data = proxy_request("gpt-4o-mini", key, 100)
+    admit(stack.callback, key, data)
+    admit(stack.callback, key, dict(data))  # already held: checked instead, not held twice
+    assert open_ids(stack, team) == [data["litellm_call_id"]]
+    litellm.callbacks = [stack.callback]
+    published = stack.callback.published
+
+    async def two_calls() -> list[Any]:
+        responses = [await litellm.acompletion(**data, mock_response="fine") for _ in range(2)]
+        await until_async(lambda: stack.callback.published, lambda n: n >= published + 2, "both usage events")
+        return responses
+
+    _, second = run_async(two_calls())
+    wanted = {data["litellm_call_id"], second.id}
+
+    def charged(batches: list[dict[str, Any]]) -> set[str]:
+        return {entry["event_id"] for batch in batches for entry in batch["entries"]} & wanted
+
+    stack.ledger.read_json(stack.ledger.topics.ledger_entries, lambda found: charged(found) == wanted)
