@@ -83,6 +83,9 @@ class AdmissionService:
         self._start_offsets: dict[tuple[str, int], int] = {}
         self._to_publish: list[AdmissionEvent] = []
         self._sending: set[asyncio.Task[None]] = set()
+        # Records this process published, by request id: the follower reads them back
+        # and skips them unparsed (the book applied them when they were made).
+        self._echoes: dict[str, list[bytes]] = {}
         self.publish_failures = 0
 
     # -- loading ---------------------------------------------------------------------------
@@ -170,6 +173,8 @@ class AdmissionService:
                 value: bytes | None = record.value  # type: ignore[attr-defined]
                 try:
                     if tp.topic == self.names.admissions and value is not None:
+                        if self._is_echo(key, value):
+                            continue
                         self.book.follow(AdmissionEvent.model_validate_json(value), self.budget_state.snapshot, now)
                     elif tp.topic == self.names.ledger_entries and value is not None:
                         self._settle_from(value, now)
@@ -245,7 +250,31 @@ class AdmissionService:
                 await asyncio.wait_for(stop.wait(), SWEEP_EVERY_S)
 
     async def publish_event(self, event: AdmissionEvent) -> None:
-        await self._publish(self.names.admissions, event.request_id.encode(), event.model_dump_json().encode())
+        value = event.model_dump_json().encode()
+        self._echoes.setdefault(event.request_id, []).append(value)
+        try:
+            await self._publish(self.names.admissions, event.request_id.encode(), value)
+        except BaseException:
+            self._forget_echo(event.request_id, value)
+            raise
+
+    def _is_echo(self, key: bytes | None, value: bytes) -> bool:
+        """A record this process published (and so already applied)."""
+        if key is None:
+            return False
+        request_id = key.decode(errors="replace")
+        sent = self._echoes.get(request_id)
+        if not sent or value not in sent:
+            return False
+        self._forget_echo(request_id, value)
+        return True
+
+    def _forget_echo(self, request_id: str, value: bytes) -> None:
+        sent = self._echoes.get(request_id)
+        if sent is not None and value in sent:
+            sent.remove(value)
+            if not sent:
+                del self._echoes[request_id]
 
     def publish_hold(self, hold: Hold) -> None:
         """Publish a hold's ``held`` record without waiting for the broker: an admit is

@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger.api import admission, budgets, history, litellm_routes
+from ledger.api.admission import AdmitBody
 from ledger.api.auth import AuthError
 from ledger.api.deps import CLIENT, ApiError, Services, error_response, now
 from ledger.api.ingest import BODY_BYTES_MAX, BodyError, parse_usage_body, wire_events
@@ -64,23 +65,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+def error_answer(exc: Exception) -> JSONResponse | None:
+    """The error answer of an exception a route may raise; None for an unexpected one."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.kind, **exc.extra)
-
-    @app.exception_handler(AuthError)
-    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    if isinstance(exc, AuthError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         kind = "unauthorized" if exc.status == 401 else "forbidden"
         return error_response(exc.status, exc.message, kind, headers=headers)
-
-    @app.exception_handler(BodyError)
-    async def body_error(request: Request, exc: BodyError) -> JSONResponse:
+    if isinstance(exc, BodyError):
         return error_response(exc.status, exc.message, exc.kind, fields=exc.fields)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         fields = [
             {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
             for error in exc.errors()[:FIELD_ERRORS_MAX]
@@ -90,16 +85,23 @@ def _add_error_handlers(app: FastAPI) -> None:
             return error_response(400, "request body is not valid JSON", "malformed_json", fields=fields)
         summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields[:5])
         return error_response(422, f"invalid request: {summary}", "invalid_request", fields=fields)
-
-    @app.exception_handler(KafkaError)
-    async def broker_error(request: Request, exc: KafkaError) -> JSONResponse:
+    if isinstance(exc, KafkaError):
         message = f"the broker did not acknowledge the write ({exc!r}); nothing is confirmed, retry with the same ids"
         return error_response(503, message, "broker_unavailable", headers={"retry-after": "1"})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+    return None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        found = error_answer(exc)
+        assert found is not None
+        return found
+
+    for kind in (ApiError, AuthError, BodyError, RequestValidationError, KafkaError, StarletteHTTPException):
+        app.add_exception_handler(kind, answer)
 
 
 USAGE_BODY = {
@@ -229,7 +231,8 @@ def _openapi_with_event_shapes(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             _, definitions = models_json_schema(
-                [(UsageEvent, "validation"), (UsageBatch, "validation")], ref_template="#/components/schemas/{model}"
+                [(UsageEvent, "validation"), (UsageBatch, "validation"), (AdmitBody, "validation")],
+                ref_template="#/components/schemas/{model}",
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definitions["$defs"])

@@ -18,10 +18,11 @@ The book is pure (``now`` is passed in, no I/O): the api decides, publishes and 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
@@ -33,6 +34,7 @@ from ledger.domain.rate_shares import PriorityName, RateBook, RateDecision
 from ledger.domain.snapshots import BudgetSnapshot
 
 AdmissionState = Literal["held", "settled", "released", "expired"]
+ADMISSION_STATES: tuple[str, ...] = get_args(AdmissionState)
 OPEN_HOLDS_MAX = 200_000  # a hold is a few hundred bytes; more open at once is a leak or an attack
 SCOPES_PER_HOLD_MAX = 64
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
@@ -189,7 +191,9 @@ class AdmissionBook:
         self._closed_kept = timedelta(seconds=closed_kept_s if closed_kept_s is not None else 2 * ttl_s)
         self._held: dict[str, int] = {}  # scope -> nanos held, all models
         self._held_model: dict[tuple[str, str], int] = {}  # (scope, model) -> nanos held
-        self._waiting: dict[str, set[str]] = {}  # scope -> settled holds it has not folded yet
+        # scope -> source -> heap of (offset, request id): settled charges its state does not
+        # show yet, drained in offset order as the scope's snapshots advance.
+        self._waiting: dict[str, dict[str, list[tuple[int, str]]]] = {}
         self.refusals: dict[str, int] = {"budget": 0, "tpm": 0, "rpm": 0}
 
     # -- deciding ------------------------------------------------------------------------
@@ -352,7 +356,9 @@ class AdmissionBook:
             if scope in charged and not _folded(snapshot_of(scope), charge.source, charge.offset):
                 hold.waiting[scope] = (charge.source, charge.offset, charge.cost_nanos)
                 self._reserve(scope, hold.model, charge.cost_nanos)
-                self._waiting.setdefault(scope, set()).add(hold.request_id)
+                heapq.heappush(
+                    self._waiting.setdefault(scope, {}).setdefault(charge.source, []), (charge.offset, hold.request_id)
+                )
         if not hold.waiting:
             self.holds.pop(hold.request_id, None)
         return hold
@@ -368,20 +374,26 @@ class AdmissionBook:
         if not waiting:
             return
         snapshot = snapshot_of(scope)
-        for request_id in list(waiting):
-            hold = self.holds.get(request_id)
-            if hold is None or scope not in hold.waiting:
-                waiting.discard(request_id)
-                continue
-            source, offset, cost = hold.waiting[scope]
-            if _folded(snapshot, source, offset):
-                del hold.waiting[scope]
-                waiting.discard(request_id)
-                self._reserve(scope, hold.model, -cost)
-                if not hold.waiting:
-                    self.holds.pop(request_id, None)
+        applied = {} if snapshot is None else snapshot.applied
+        for source in list(waiting):
+            heap = waiting[source]
+            folded = applied.get(source, -1)
+            while heap and heap[0][0] <= folded:
+                _, request_id = heapq.heappop(heap)
+                self._unwait(scope, request_id)
+            if not heap:
+                del waiting[source]
         if not waiting:
-            self._waiting.pop(scope, None)
+            del self._waiting[scope]
+
+    def _unwait(self, scope: str, request_id: str) -> None:
+        hold = self.holds.get(request_id)
+        if hold is None or scope not in hold.waiting:
+            return
+        _, _, cost = hold.waiting.pop(scope)
+        self._reserve(scope, hold.model, -cost)
+        if not hold.waiting:
+            self.holds.pop(request_id, None)
 
     def drain_all(self, snapshot_of: SnapshotOf) -> None:
         for scope in list(self._waiting):
@@ -402,11 +414,8 @@ class AdmissionBook:
         expiry (a safety net: the worker folds every charge, and soon); how many."""
         stale = [hold for hold in self.holds.values() if hold.state == "settled" and hold.expires_at <= now]
         for hold in stale:
-            for scope, (_, _, cost) in hold.waiting.items():
-                self._reserve(scope, hold.model, -cost)
-                self._waiting.get(scope, set()).discard(hold.request_id)
-            hold.waiting.clear()
-            self.holds.pop(hold.request_id, None)
+            for scope in list(hold.waiting):  # its heap entries are skipped when popped
+                self._unwait(scope, hold.request_id)
         return len(stale)
 
     def forget_closed(self, now: datetime) -> None:

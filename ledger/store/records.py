@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ledger.domain.admission import AdmissionEvent
+from ledger.domain.admission import ADMISSION_STATES
 from ledger.domain.budgets import BudgetCommand
 from ledger.domain.errors import InvalidPriceBook, InvalidUsage
 from ledger.domain.money import usd_to_nanos
@@ -258,27 +258,28 @@ def dead_letter_row(value: bytes) -> tuple[Any, ...] | None:
     )
 
 
-def admission_row(value: bytes) -> tuple[Any, ...] | None:
-    """One ``admissions`` record, or None for one the api did not write."""
-    try:
-        event = AdmissionEvent.model_validate_json(value)
-    except ValidationError:
-        return None
+def admission_row(value: bytes) -> tuple[Any, ...]:
+    """One ``admissions`` record (the api wrote it from a validated ``AdmissionEvent``, so
+    orjson alone reads it). Raises ValueError, KeyError or TypeError for another shape."""
+    event = orjson.loads(value)
+    if event["state"] not in ADMISSION_STATES:
+        raise ValueError(f"unknown admission state {event['state']!r}")
+    expires_at = event.get("expires_at")
     return (
-        event.request_id,
-        event.state,
-        event.at,
-        event.instance_id,
-        list(event.scope_keys),
-        event.model,
-        event.rate_key,
-        event.priority,
-        event.estimate_nanos,
-        event.estimated_tokens,
-        event.expires_at,
-        event.cost_nanos,
-        event.tokens,
-        event.model_dump_json(),
+        str(event["request_id"]),
+        event["state"],
+        datetime.fromisoformat(event["at"]),
+        str(event["instance_id"]),
+        [str(scope) for scope in event.get("scope_keys") or ()],
+        event.get("model"),
+        event.get("rate_key"),
+        event.get("priority"),
+        int(event.get("estimate_nanos") or 0),
+        int(event.get("estimated_tokens") or 0),
+        None if expires_at is None else datetime.fromisoformat(expires_at),
+        event.get("cost_nanos"),
+        event.get("tokens"),
+        value.decode(),
     )
 
 
