@@ -34,6 +34,7 @@ def test_the_readme_has_a_snippet_per_sdk_entry_point() -> None:
         "ledger.max_budget",
         "ledger.guard",
         "SpendLedgerCallback",
+        "ledger.admission(",
     ):
         assert entry_point in text, entry_point
 
