@@ -25,9 +25,9 @@ from ledger.api.services import ApiServices
 from ledger.domain.admission import Admission, AdmitRequest, Estimate, Hold, RequestIdUsed, ScopeRoom
 from ledger.domain.checks import TAGS_PER_CHECK_MAX, call_scopes
 from ledger.domain.errors import InvalidUsage, UnpricedModel
-from ledger.domain.events import EventId, Identifier, ModelName, TokenCount, TokenUsage, UsageEvent
+from ledger.domain.events import TOKENS_PER_FIELD_MAX, EventId, Identifier, ModelName, TokenCount, TokenUsage
 from ledger.domain.money import MoneyError, usd_to_nanos
-from ledger.domain.pricing import price_event
+from ledger.domain.pricing import usage_cost_nanos
 from ledger.domain.rate_shares import CAPACITY_MAX, PriorityName, RateLimitRecord, Reservation, rate_key
 from ledger.domain.scopes import InvalidScope
 from ledger.tokenizer import count_tokens
@@ -184,10 +184,10 @@ async def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Esti
     book = api.admission.price_book
     if book is None:
         raise ApiError(503, "the price book is not loaded yet; retry", "not_ready", headers={"retry-after": "1"})
+    # Both counts are within TokenCount's range (max_tokens was validated, prompt is capped).
+    usage = TokenUsage.model_construct(prompt_tokens=min(prompt, TOKENS_PER_FIELD_MAX), completion_tokens=output)
     try:
-        usage = TokenUsage(prompt_tokens=min(prompt, 100_000_000), completion_tokens=output)
-        event = UsageEvent(event_id=body.request_id, occurred_at=at, model=body.model, usage=usage)
-        return Estimate(price_event(event, book).cost_nanos, tokens)
+        return Estimate(usage_cost_nanos(book, body.model, usage, at), tokens)
     except UnpricedModel as exc:
         raise ApiError(
             422, f"{exc}; give the call's estimated cost as `cost` to admit it", "unpriced_model", field="model"

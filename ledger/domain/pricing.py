@@ -20,7 +20,7 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from ledger.domain.errors import InvalidUsage, UnpricedModel
 from ledger.domain.events import BATCH_EVENTS_MAX, FROZEN, SCHEMA_VERSION, EventId, ModelName, TokenUsage, UsageEvent
 from ledger.domain.money import MAX_NANOS, allocate_rounded, usd_to_nanos
-from ledger.domain.prices import PriceBook, RateValue, TieredRate, TokenRates
+from ledger.domain.prices import PriceBook, RateValue, ResolvedPrice, TieredRate, TokenRates
 
 # tokens x (1e-18 USD per million tokens) = 1e-24 USD; 1e15 of those make one nano.
 _TOKENS_PER_MTOK = 10**6
@@ -240,12 +240,7 @@ def price_event(
     if event.usage is None and event.input_text is None and event.output_text is None:
         raise InvalidUsage("only a reported_cost was given and reported costs are not trusted", field="usage")
 
-    resolved = book.index.resolve(event.model, event.provider)
-    if resolved is None:
-        raise UnpricedModel(event.model, event.provider, book.version)
-    rates = resolved.rates_at(event.occurred_at)
-    if not rates.is_priced:
-        raise UnpricedModel(event.model, event.provider, book.version)
+    resolved, rates = _priced_rates(book, event.model, event.provider, event.occurred_at)
     breakdown = cost_breakdown(rates, usage)
     # Built from validated parts, so the model's checks hold by construction (a cost from
     # non-negative rates is >= 0 and is its breakdown's sum); not re-validated on the hot path.
@@ -257,6 +252,25 @@ def price_event(
         priced_as=f"{resolved.provider_id or '-'}/{resolved.model_id}",
         **common,
     )
+
+
+def _priced_rates(
+    book: PriceBook, model: str, provider: str | None, occurred_at: datetime
+) -> tuple[ResolvedPrice, TokenRates]:
+    resolved = book.index.resolve(model, provider)
+    if resolved is None:
+        raise UnpricedModel(model, provider, book.version)
+    rates = resolved.rates_at(occurred_at)
+    if not rates.is_priced:
+        raise UnpricedModel(model, provider, book.version)
+    return resolved, rates
+
+
+def usage_cost_nanos(book: PriceBook, model: str, usage: TokenUsage, occurred_at: datetime) -> int:
+    """What ``usage`` of ``model`` costs at ``occurred_at``, exactly as ``price_event``
+    would charge it (an admission's estimate). Raises ``UnpricedModel``."""
+    _, rates = _priced_rates(book, model, None, occurred_at)
+    return cost_breakdown(rates, usage).total_nanos
 
 
 def price_at(book: PriceBook, model: str, provider: str | None, occurred_at: datetime) -> TokenRates:

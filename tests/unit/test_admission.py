@@ -326,3 +326,15 @@ def test_a_released_call_gives_back_its_estimated_tokens_but_not_its_request():
     use = admissions.rates.use["gpt-4o"]
     assert (use.tokens, use.requests) == (0, 1)
     assert (use.keys["k"].tokens, use.keys["k"].requests) == (0, 1)
+
+
+def test_an_estimate_costs_what_the_worker_would_charge_for_the_same_usage():
+    from ledger.domain.events import TokenUsage, UsageEvent
+    from ledger.domain.pricing import price_event, usage_cost_nanos
+    from ledger.pricebooks.genai import genai_prices_book
+
+    book = genai_prices_book()
+    usage = TokenUsage(prompt_tokens=1_234, completion_tokens=567)
+    for model in ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4-20250514"):
+        event = UsageEvent(event_id="e", occurred_at=T0, model=model, usage=usage)
+        assert usage_cost_nanos(book, model, usage, T0) == price_event(event, book).cost_nanos > 0
