@@ -57,6 +57,19 @@ from ledger.domain.events import UsageEvent
 from ledger.domain.money import usd_to_nanos
 from ledger.domain.pricing import price_event
 from ledger.domain.usage_shapes import as_mapping, event_from_litellm_payload
+from ledger.integrations.litellm_requests import (
+    CallScopes,
+    ProxyBudgetExceededError,
+    admission_max_tokens,
+    admission_messages,
+    key_priority,
+    payload_with_call_user,
+    proxy_budget_error,
+    proxy_rate_limit_error,
+    scopes_of_call,
+    scopes_of_proxy_request,
+    text_of,
+)
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.sdk.admission import budget_error
 from ledger.sdk.guard import BudgetExceededError, check_process_budget, guard, record_cost
@@ -79,31 +92,6 @@ FLUSH_AT_EXIT_S = 10.0
 RECENT_EVENT_IDS_MAX = 10_000  # an id LiteLLM reports twice is charged once
 ADMITTED_CALLS_MAX = 100_000  # calls this process admitted, remembered until their success or failure
 
-# Where a call names its scopes: LiteLLM's own metadata keys (the proxy sets the same ones,
-# and the standard logging payload carries them), and ``user`` for the end user.
-META_USER = "user_api_key_user_id"
-META_TEAM = "user_api_key_team_id"
-META_KEY = "user_api_key_hash"
-META_END_USER = "user_api_key_end_user_id"
-META_TAGS = "tags"
-PROXY_BUDGET_STATUS = 400  # what the LiteLLM proxy answers for its own budget_exceeded
-
-
-@dataclass(frozen=True, slots=True)
-class CallScopes:
-    """The ledger scopes a would-be call charges, and its model (for per-model limits)."""
-
-    user: str | None = None
-    team: str | None = None
-    key: str | None = None
-    end_user: str | None = None
-    tags: tuple[str, ...] = ()
-    model: str | None = None
-
-    @property
-    def named(self) -> bool:
-        return any((self.user, self.team, self.key, self.end_user, self.tags))
-
 
 @dataclass(slots=True)
 class _AdmittedCall:
@@ -113,166 +101,6 @@ class _AdmittedCall:
 
     released: bool = False
     response_id: str | None = None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _call_metadata(call: Mapping[str, Any]) -> Mapping[str, Any]:
-    for field in ("metadata", "litellm_metadata"):
-        value = call.get(field)
-        if isinstance(value, Mapping) and value:
-            return value
-    return {}
-
-
-def _bare_model(model: str | None) -> str | None:
-    """``openai/gpt-4o`` -> ``gpt-4o``: the model name LiteLLM's payload (and so the event) has."""
-    if model is None:
-        return None
-    try:
-        bare = litellm.get_llm_provider(model=model)[0]
-    except Exception:  # LiteLLM raises several types for a model it cannot route; keep the name
-        return model
-    return bare if isinstance(bare, str) and bare else model
-
-
-def scopes_of_call(call: Mapping[str, Any]) -> CallScopes:
-    """Scopes of an SDK call from its keyword arguments: user, team and key from
-    ``metadata`` (``user_api_key_user_id``, ``user_api_key_team_id``, ``user_api_key_hash``),
-    end user from ``metadata.user_api_key_end_user_id`` or else the call's ``user``,
-    tags from ``metadata.tags``."""
-    meta = _call_metadata(call)
-    raw_tags = meta.get(META_TAGS) or ()
-    tags = tuple(dict.fromkeys(t for t in raw_tags if isinstance(t, str) and t)) if isinstance(raw_tags, list) else ()
-    return CallScopes(
-        user=_text(meta.get(META_USER)),
-        team=_text(meta.get(META_TEAM)),
-        key=_text(meta.get(META_KEY)),
-        end_user=_text(meta.get(META_END_USER)) or _text(call.get("user")),
-        tags=tags,
-        model=_bare_model(_text(call.get("model"))),
-    )
-
-
-def scopes_of_proxy_request(user_api_key_dict: Any, data: Mapping[str, Any]) -> CallScopes:
-    """Scopes of a LiteLLM proxy request: the authenticated key's user, team, hashed key
-    and end user (``UserAPIKeyAuth``), else what the request's metadata says."""
-    from_data = scopes_of_call(data)
-    return CallScopes(
-        user=_text(getattr(user_api_key_dict, "user_id", None)) or from_data.user,
-        team=_text(getattr(user_api_key_dict, "team_id", None)) or from_data.team,
-        key=_text(getattr(user_api_key_dict, "api_key", None))
-        or _text(getattr(user_api_key_dict, "token", None))
-        or from_data.key,
-        end_user=_text(getattr(user_api_key_dict, "end_user_id", None)) or from_data.end_user,
-        tags=from_data.tags,
-        model=from_data.model,
-    )
-
-
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = (part.get("text") for part in content if isinstance(part, Mapping))
-        return "\n".join(part for part in parts if isinstance(part, str))
-    return ""
-
-
-def admission_messages(data: Mapping[str, Any]) -> list[dict[str, str]] | None:
-    """The request's prompt as ``/v1/admit`` counts it: each chat message's role and text
-    (images, audio and tool calls are left out), or a text completion's ``prompt`` / an
-    embedding's ``input`` as user messages. None when the request has no text."""
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        return [
-            {"role": _text(message.get("role")) or "user", "content": _message_text(message.get("content"))}
-            for message in messages
-            if isinstance(message, Mapping)
-        ]
-    for field in ("prompt", "input"):
-        value = data.get(field)
-        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-        if texts and all(isinstance(text, str) for text in texts):
-            return [{"role": "user", "content": text} for text in texts]
-    return None
-
-
-def admission_max_tokens(data: Mapping[str, Any]) -> int | None:
-    """The reply's cap: ``max_tokens``, else ``max_completion_tokens``; None lets the api
-    use its ``admission_default_max_tokens``."""
-    for field in ("max_tokens", "max_completion_tokens"):
-        value = data.get(field)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
-
-
-def key_priority(user_api_key_dict: Any) -> str | None:
-    """The key's priority where LiteLLM's dynamic rate limiter reads it: ``metadata.priority``."""
-    metadata = getattr(user_api_key_dict, "metadata", None)
-    return _text(metadata.get("priority")) if isinstance(metadata, Mapping) else None
-
-
-class ProxyBudgetExceededError(BudgetExceededError, litellm.BudgetExceededError):  # type: ignore[misc]
-    """A budget refusal on the LiteLLM proxy, as both errors at once: LiteLLM's own
-    ``litellm.BudgetExceededError`` (what the proxy, its loggers and ``except`` clauses
-    written for LiteLLM know) and the SDK's ``BudgetExceededError`` (exact ``*_nanos``, the
-    refusing ``scope``). The proxy answers with its ``status_code`` and ``type``."""
-
-    def __init__(self, refused: BudgetExceededError) -> None:
-        # LiteLLM's __init__ sets its fields and ends the chain at Exception; ours are copied.
-        litellm.BudgetExceededError.__init__(self, refused.current_cost, refused.max_budget, message=refused.message)
-        self.current_cost_nanos = refused.current_cost_nanos
-        self.max_budget_nanos = refused.max_budget_nanos
-        self.scope = refused.scope
-        self.status_code = PROXY_BUDGET_STATUS
-        self.type = "budget_exceeded"
-
-
-def proxy_budget_error(refused: BudgetExceededError) -> ProxyBudgetExceededError:
-    return refused if isinstance(refused, ProxyBudgetExceededError) else ProxyBudgetExceededError(refused)
-
-
-def proxy_rate_limit_error(refused: RateLimited, model: str | None) -> Exception:
-    """LiteLLM's own 429, as its dynamic rate limiter raises it from a proxy hook:
-    ``ProxyRateLimitError`` (a FastAPI ``HTTPException`` and a ``litellm.RateLimitError``)
-    with ``detail={"error": <message>}`` and a ``retry-after`` header; a plain
-    ``HTTPException`` of the same shape on a LiteLLM that has no ``ProxyRateLimitError``."""
-    detail = {"error": refused.message}
-    headers = {**refused.headers, "retry-after": str(refused.retry_after_s)}
-    try:
-        from litellm.exceptions import RateLimitType
-        from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
-        from litellm.proxy.hooks.rate_limiter_utils import resolve_llm_provider_for_rate_limit
-    except ImportError:
-        from fastapi import HTTPException
-
-        return HTTPException(status_code=429, detail=detail, headers=headers)
-    resolved_model, provider = resolve_llm_provider_for_rate_limit(model)
-    error: Exception = ProxyRateLimitError(
-        detail=detail,
-        headers=headers,
-        rate_limit_type=RateLimitType.TOKENS if " TPM=" in refused.message else RateLimitType.REQUESTS,
-        model=resolved_model,
-        llm_provider=provider,
-    )
-    return error
-
-
-def payload_with_call_user(payload: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The payload with ``end_user`` set from the call's ``user`` argument when LiteLLM left
-    it empty (the SDK keeps ``user`` only in ``model_parameters``; the proxy copies it)."""
-    if _text(payload.get("end_user")) is not None:
-        return payload
-    meta = payload.get("metadata")
-    if isinstance(meta, Mapping) and _text(meta.get(META_END_USER)) is not None:
-        return payload
-    parameters = payload.get("model_parameters")
-    user = _text(parameters.get("user")) if isinstance(parameters, Mapping) else None
-    return payload if user is None else {**payload, "end_user": user}
 
 
 def _reason(exc: InvalidUsage | ValidationError) -> str:
@@ -557,7 +385,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
 
     async def _admit(self, scopes: CallScopes, data: dict[str, Any], priority: str | None) -> None:
         assert scopes.model is not None
-        request_id = _text(data.get("litellm_call_id"))
+        request_id = text_of(data.get("litellm_call_id"))
         if request_id is None:  # LiteLLM's proxy sets one before the hooks; the success payload carries it
             request_id = str(uuid.uuid4())
             data["litellm_call_id"] = request_id
@@ -610,8 +438,8 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
 
     def _admitted_call_id(self, kwargs: Mapping[str, Any], payload: Mapping[str, Any] | None) -> str | None:
         """The call's ``litellm_call_id`` if this callback admitted it, else None."""
-        call_id = _text(payload.get("litellm_call_id")) if payload is not None else None
-        call_id = call_id or _text(kwargs.get("litellm_call_id"))
+        call_id = text_of(payload.get("litellm_call_id")) if payload is not None else None
+        call_id = call_id or text_of(kwargs.get("litellm_call_id"))
         with self._lock:
             return call_id if call_id is not None and call_id in self._admitted else None
 
@@ -620,7 +448,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         settles the hold (LiteLLM's repeat reports of the same response too). Another
         response under the same call id, from a client that reused ``x-litellm-call-id``,
         keeps its own id and is charged on its own."""
-        response_id = _text(payload.get("id"))
+        response_id = text_of(payload.get("id"))
         with self._lock:
             call = self._admitted.get(call_id)
             if call is not None and call.response_id is None:
@@ -725,7 +553,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
                     payload = self._with_settling_id(admitted_id, payload)
                 event = event_from_litellm_payload(payload_with_call_user(payload))
             except (InvalidUsage, ValidationError) as exc:
-                event_id = _text(payload.get("id")) if isinstance(payload, Mapping) else None
+                event_id = text_of(payload.get("id")) if isinstance(payload, Mapping) else None
                 self._drop("invalid_payload", event_id, _reason(exc))
                 return None
             with self._lock:

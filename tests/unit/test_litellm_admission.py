@@ -14,7 +14,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 
 import ledger
 from ledger.client import RateLimited
-from ledger.integrations.litellm_callback import (
+from ledger.integrations.litellm_requests import (
     ProxyBudgetExceededError,
     admission_max_tokens,
     admission_messages,

@@ -33,12 +33,8 @@ from ledger.client import LedgerConnectionError
 from ledger.domain.events import TokenUsage, UsageEvent
 from ledger.domain.money import usd_to_nanos
 from ledger.integrations import litellm_callback
-from ledger.integrations.litellm_callback import (
-    CallScopes,
-    SpendLedgerCallback,
-    scopes_of_call,
-    scopes_of_proxy_request,
-)
+from ledger.integrations.litellm_callback import SpendLedgerCallback
+from ledger.integrations.litellm_requests import CallScopes, scopes_of_call, scopes_of_proxy_request
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, record_cost, reset_current_cost
 from ledger.sdk.producer import Published, PublishUnconfirmed
 from tests.one_loop import close_test_loop, run_async
