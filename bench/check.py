@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 import uuid
@@ -39,19 +38,16 @@ from typing import Any
 import httpx
 
 from bench.live import publish
-from ledger.broker import EmbeddedBroker, free_port
+from bench.stack import HOST, bench_stack, log
 from ledger.domain.budgets import BudgetCommand, BudgetSpec
 from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import price_event
 from ledger.domain.scopes import GLOBAL_SCOPE
-from ledger.kafka import ensure_topics
 from ledger.pricebooks.genai import genai_prices_book
-from ledger.processes import ChildProcess
 from ledger.publishing import usage_messages
 from ledger.settings import Settings
 from ledger.topics import topic_names
 
-HOST = "127.0.0.1"
 TARGET_P99_MS = 5.0
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "claude-sonnet-4-20250514")
 PER_MODEL_LIMIT_MODEL = "gpt-4o"
@@ -120,10 +116,6 @@ class Phase:
     @property
     def errors(self) -> int:
         return sum(count for status, count in self.statuses.items() if status not in ("200", "402"))
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -535,36 +527,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     work_dir: Path = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-check-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    prefix = f"bench-{uuid.uuid4().hex[:6]}."
-    master_key = f"sk-bench-{uuid.uuid4().hex}"
-    api_port = free_port(HOST)
-    with EmbeddedBroker(log_path=work_dir / "tansu.log") as broker:
-        settings = Settings(
-            kafka_bootstrap_servers=broker.bootstrap_servers, topic_prefix=prefix, topic_partitions=args.partitions
-        )
-        asyncio.run(ensure_topics(settings))
-        env = {
-            "SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "SPEND_LEDGER_TOPIC_PREFIX": prefix,
-            "SPEND_LEDGER_TOPIC_PARTITIONS": str(args.partitions),
-            "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": "2",
-            "SPEND_LEDGER_KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
-            "SPEND_LEDGER_DUCKDB_PATH": str(work_dir / "ledger.duckdb"),
-            "SPEND_LEDGER_DATA_DIR": str(work_dir / "data"),
-            "SPEND_LEDGER_API_HOST": HOST,
-            "SPEND_LEDGER_API_PORT": str(api_port),
-            "SPEND_LEDGER_MASTER_KEY": master_key,
-        }
-        worker = ChildProcess.worker(env, work_dir / "worker.log")
-        api = ChildProcess.command(["api"], env, work_dir / "api.log")
-        try:
-            worker.start()
-            api.start()
-            log(f"broker {broker.bootstrap_servers}, worker pid {worker.pid}, api pid {api.pid} on port {api_port}")
-            result = asyncio.run(run(args, settings, api_port, master_key, api.pid or 0))
-        finally:
-            api.stop()
-            worker.stop()
+    with bench_stack(work_dir, args.partitions) as stack:
+        result = asyncio.run(run(args, stack.settings, stack.api_port, stack.master_key, stack.api_pid))
     log(f"logs in {work_dir}")
     print(json.dumps(result))
     return result

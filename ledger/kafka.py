@@ -112,3 +112,21 @@ async def end_offsets(settings: Settings, partitions: list[TopicPartition]) -> d
         return {tp: ends[tp] for tp in partitions}
     finally:
         await consumer.stop()
+
+
+async def records_behind(consumer: AIOKafkaConsumer) -> int:
+    """Records on the consumer's assigned partitions not read yet (by the last highwaters)."""
+    behind = 0
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            behind += max(0, highwater - await consumer.position(tp))
+    return behind
+
+
+async def reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
+    """Whether the consumer has read every partition up to its target offset."""
+    for tp, end in targets.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True

@@ -34,7 +34,7 @@ from ledger.api.state import BudgetStateCache
 from ledger.domain.admission import AdmissionBook, AdmissionEvent, Hold, SettledCharge, charge_source
 from ledger.domain.prices import PriceBook
 from ledger.domain.rate_shares import RateBook, RateLimitRecord
-from ledger.kafka import client_options, end_offsets
+from ledger.kafka import client_options, end_offsets, reached, records_behind
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.service import current_book
 from ledger.settings import Settings
@@ -152,15 +152,10 @@ class AdmissionService:
                 batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS_MAX)
                 if batches:
                     self._take(batches)
-                if not self.ready.is_set() and await _reached(consumer, targets):
+                if not self.ready.is_set() and await reached(consumer, targets):
                     self.ready.set()
                     log.info("admission: following from the topics, %d holds open", len(self.book.open_holds()))
-                behind = 0
-                for tp in partitions:
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None:
-                        behind += max(0, highwater - await consumer.position(tp))
-                self.lag_records = behind
+                self.lag_records = await records_behind(consumer)
         finally:
             await consumer.stop()
 
@@ -293,13 +288,6 @@ class AdmissionService:
             self.publish_failures += 1
             self._to_publish.append(event)
             log.warning("admission: %s record of %s not published, retrying: %r", event.state, event.request_id, exc)
-
-
-async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
-    for tp, end in targets.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True
 
 
 def _current_book(reader: Callable[[], duckdb.DuckDBPyConnection]) -> PriceBook:

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger.domain.budgets import BudgetState
 from ledger.domain.snapshots import BudgetSnapshot
-from ledger.kafka import client_options, end_offsets
+from ledger.kafka import client_options, end_offsets, reached, records_behind
 from ledger.settings import Settings
 from ledger.topics import topic_names
 
@@ -120,15 +120,10 @@ class BudgetStateCache:
                     self._take(batches)
                     async with self._changed:
                         self._changed.notify_all()
-                if not self.ready.is_set() and await self._reached(consumer, targets):
+                if not self.ready.is_set() and await reached(consumer, targets):
                     self.ready.set()
                     log.info("budget state loaded: %d scopes", len(self._raw))
-                behind = 0
-                for tp in partitions:
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None:
-                        behind += max(0, highwater - await consumer.position(tp))
-                self.lag_records = behind
+                self.lag_records = await records_behind(consumer)
         finally:
             await consumer.stop()
 
@@ -147,10 +142,3 @@ class BudgetStateCache:
                     self._raw[scope] = value
                 self.records_read += 1
         self.updated_at = time.time()
-
-    @staticmethod
-    async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
-        for tp, end in targets.items():
-            if await consumer.position(tp) < end:
-                return False
-        return True

@@ -20,7 +20,7 @@ import duckdb
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from ledger.domain.pricing import TokenCounter
-from ledger.kafka import client_options, end_offsets, ensure_topics
+from ledger.kafka import client_options, end_offsets, ensure_topics, reached, records_behind
 from ledger.settings import Settings
 from ledger.store.records import (
     StoreRows,
@@ -131,9 +131,9 @@ class Projector:
             lag_at = 0.0
             while stop is None or not stop.is_set():
                 if time.monotonic() >= lag_at:
-                    self.lag_records = await self._lag(consumer)
+                    self.lag_records = await records_behind(consumer)
                     lag_at = time.monotonic() + LAG_EVERY_S
-                if until_caught_up and await self._caught_up(consumer, targets):
+                if until_caught_up and await reached(consumer, targets):
                     break
                 room = BATCH_MESSAGES_MAX - len(pending)
                 batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room)
@@ -159,22 +159,6 @@ class Projector:
         if appending is not None:
             await appending
         return asyncio.create_task(asyncio.to_thread(self._append, rows, next_offsets, len(records)))
-
-    @staticmethod
-    async def _lag(consumer: AIOKafkaConsumer) -> int:
-        behind = 0
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                behind += max(0, highwater - await consumer.position(tp))
-        return behind
-
-    @staticmethod
-    async def _caught_up(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
-        for tp, end in targets.items():
-            if await consumer.position(tp) < end:
-                return False
-        return True
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         """Assign every input partition at its stored position; returns their ends now.
