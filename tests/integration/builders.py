@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -90,3 +91,15 @@ def name_routed_to(partition: int, prefix: str, partitions: int, template: str =
         if partition_of(template.format(name).encode(), partitions) == partition:
             return name
     raise AssertionError("unreachable")
+
+
+def in_one_minute() -> None:
+    """Rate shares count per UTC minute: start a short test well inside one."""
+    second = datetime.now(UTC).second
+    if second >= 45:
+        time.sleep(60.5 - second)
+
+
+def unique(name: str) -> str:
+    """``name`` with a random suffix: a scope or model no other test touches."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"

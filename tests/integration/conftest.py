@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,20 @@ class ApiProcess:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+@contextmanager
+def running_ledger(
+    broker: EmbeddedBroker, log_dir: Path, master_key: str, **settings: Any
+) -> Iterator[tuple[Ledger, ApiProcess]]:
+    """A worker and an api with ``master_key``, stopped by pid at the end. Budget writes
+    answer once the worker applied them, and the first waits for the worker to join."""
+    ledger = Ledger(broker, log_dir, **{"api_apply_wait_s": 30, **settings})
+    try:
+        ledger.start_worker()
+        yield ledger, ledger.start_api(log_dir / "ledger.duckdb", master_key)
+    finally:
+        ledger.stop_all()
 
 
 @pytest.fixture

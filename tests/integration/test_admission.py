@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from ledger.broker import EmbeddedBroker
-from tests.integration.builders import until
+from tests.integration.builders import in_one_minute, until
 from tests.integration.conftest import ApiProcess, Ledger
 
 MASTER_KEY = "admission-master-key-0123456789"
@@ -40,13 +40,6 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def in_one_minute() -> None:
-    """Rate shares count per UTC minute: start a short test well inside one."""
-    second = datetime.now(UTC).second
-    if second >= 45:
-        time.sleep(60.5 - second)
 
 
 def admit(api: ApiProcess, **body: Any) -> httpx.Response:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,8 @@ from ledger.broker import EmbeddedBroker, free_port
 from ledger.cli.admission import EXIT_RATE_LIMITED
 from ledger.cli.main import app
 from ledger.cli.usage import EXIT_OVER_BUDGET
-from tests.integration.conftest import ApiProcess, Ledger
+from tests.integration.builders import in_one_minute, unique
+from tests.integration.conftest import ApiProcess, Ledger, running_ledger
 
 MASTER_KEY = "sk-test-cli-admission-0123456789"
 EXIT_ERROR = 2
@@ -41,32 +39,14 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("cli-admission")
-    # Budget writes answer once the worker applied them; the first waits for the worker to join.
-    ledger = Ledger(broker, log_dir, api_apply_wait_s=30)
-    try:
-        ledger.start_worker()
-        api = ledger.start_api(log_dir / "ledger.duckdb", MASTER_KEY)
+    with running_ledger(broker, tmp_path_factory.mktemp("cli-admission"), MASTER_KEY) as (ledger, api):
         env = {**ledger.env, "SPEND_LEDGER_API_URL": api.url, "SPEND_LEDGER_MASTER_KEY": MASTER_KEY}
         yield Stack(ledger, api, env)
-    finally:
-        ledger.stop_all()
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def said(result: Result) -> str:
     """Everything the command printed, wrapped lines joined."""
     return " ".join(result.output.split())
-
-
-def in_one_minute() -> None:
-    """Rate shares count per UTC minute: start a short test well inside one."""
-    second = datetime.now(UTC).second
-    if second >= 45:
-        time.sleep(60.5 - second)
 
 
 def shown_models(stack: Stack) -> dict[str, dict[str, int | None]]:

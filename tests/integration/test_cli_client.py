@@ -5,7 +5,6 @@ straight to the broker. One worker and one api for the whole module."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from ledger.cli.main import app
 from ledger.domain.budgets import BudgetAlert
 from ledger.domain.prices import PriceBook
 from ledger.pricebooks.litellm import import_litellm_prices
-from tests.integration.builders import until, usage
-from tests.integration.conftest import ApiProcess, Ledger
+from tests.integration.builders import unique, until, usage
+from tests.integration.conftest import ApiProcess, Ledger, running_ledger
 
 MASTER_KEY = "sk-test-cli-client-0123456789"
 WAIT_S = 30.0
@@ -45,20 +44,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("cli-client")
-    # Budget writes answer once the worker applied them; the first waits for the worker to join.
-    ledger = Ledger(broker, log_dir, api_apply_wait_s=30)
-    try:
-        ledger.start_worker()
-        api = ledger.start_api(log_dir / "ledger.duckdb", MASTER_KEY)
+    with running_ledger(broker, tmp_path_factory.mktemp("cli-client"), MASTER_KEY) as (ledger, api):
         env = {**ledger.env, "SPEND_LEDGER_API_URL": api.url, "SPEND_LEDGER_MASTER_KEY": MASTER_KEY}
         yield Stack(ledger, api, env)
-    finally:
-        ledger.stop_all()
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def said(result: Result) -> str:

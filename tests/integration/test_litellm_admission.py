@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,8 +29,8 @@ from ledger.broker import EmbeddedBroker
 from ledger.client import LedgerClient
 from ledger.integrations.litellm_callback import SpendLedgerCallback
 from ledger.tokenizer import count_tokens
-from tests.integration.builders import until
-from tests.integration.conftest import ApiProcess, Ledger
+from tests.integration.builders import in_one_minute, unique, until
+from tests.integration.conftest import ApiProcess, Ledger, running_ledger
 from tests.one_loop import close_test_loop, run_async
 
 MASTER_KEY = "sk-test-litellm-admission-master"
@@ -50,18 +49,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("litellm-admission")
-    # Budget writes answer once the worker applied them; the first waits for the worker to join.
-    running = Ledger(broker, log_dir, api_apply_wait_s=30)
-    try:
-        running.start_worker()
-        api = running.start_api(log_dir / "ledger.duckdb", MASTER_KEY)
+    with running_ledger(broker, tmp_path_factory.mktemp("litellm-admission"), MASTER_KEY) as (running, api):
         callback = SpendLedgerCallback(api_url=api.url, key=MASTER_KEY)
         with LedgerClient(api.url, MASTER_KEY) as client:
             yield Stack(running, api, client, callback)
         callback.close()
-    finally:
-        running.stop_all()
 
 
 @pytest.fixture(autouse=True)
@@ -71,17 +63,6 @@ def clean_litellm() -> Iterator[None]:
     yield
     close_test_loop()
     litellm.logging_callback_manager._reset_all_callbacks()
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def in_one_minute() -> None:
-    """Rate shares count per UTC minute: start a short test well inside one."""
-    second = datetime.now(UTC).second
-    if second >= 45:
-        time.sleep(60.5 - second)
 
 
 def proxy_request(model: str, key: UserAPIKeyAuth, max_tokens: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,8 +28,8 @@ from ledger.client import LedgerClient, SpendReport, SpendRow
 from ledger.domain.money import nanos_to_usd
 from ledger.integrations.litellm_callback import SpendLedgerCallback
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, reset_current_cost
-from tests.integration.builders import until
-from tests.integration.conftest import ApiProcess, Ledger
+from tests.integration.builders import unique, until
+from tests.integration.conftest import ApiProcess, Ledger, running_ledger
 from tests.one_loop import close_test_loop, run_async
 
 
@@ -80,16 +79,11 @@ class ProviderCalls(CustomLogger):  # type: ignore[misc]
 
 @pytest.fixture(scope="module")
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("litellm-callback")
-    # Budget writes answer once the worker applied them; the first waits for the worker to join.
-    running = Ledger(broker, log_dir, api_apply_wait_s=30)
-    try:
-        running.start_worker()
-        api = running.start_api(log_dir / "ledger.duckdb", MASTER_KEY)
-        with LedgerClient(api.url, MASTER_KEY) as client:
-            yield Stack(running, api, client)
-    finally:
-        running.stop_all()
+    with (
+        running_ledger(broker, tmp_path_factory.mktemp("litellm-callback"), MASTER_KEY) as (running, api),
+        LedgerClient(api.url, MASTER_KEY) as client,
+    ):
+        yield Stack(running, api, client)
 
 
 @pytest.fixture(autouse=True)
@@ -102,10 +96,6 @@ def clean_litellm() -> Iterator[None]:
     litellm.logging_callback_manager._reset_all_callbacks()
     ledger.max_budget = saved
     reset_current_cost()
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def mock_with_usage(model: str, prompt: int, completion: int, cached: int) -> dict[str, Any]:

@@ -6,7 +6,6 @@ SDK's typed errors."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ import ledger
 from ledger.broker import EmbeddedBroker
 from ledger.client import AsyncLedgerClient, LedgerClient
 from ledger.domain.events import TokenUsage, UsageEvent
-from tests.integration.builders import until
-from tests.integration.conftest import ApiProcess, Ledger
+from tests.integration.builders import in_one_minute, unique, until
+from tests.integration.conftest import ApiProcess, Ledger, running_ledger
 
 MASTER_KEY = "sk-test-sdk-admission-master"
 WAIT_S = 60.0
@@ -38,20 +37,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("sdk-admission")
-    # Budget writes answer once the worker applied them; the first waits for the worker to join.
-    running = Ledger(broker, log_dir, api_apply_wait_s=30)
-    try:
-        running.start_worker()
-        api = running.start_api(log_dir / "ledger.duckdb", MASTER_KEY)
-        with LedgerClient(api.url, MASTER_KEY) as client:
-            yield Stack(running, api, client)
-    finally:
-        running.stop_all()
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
+    with (
+        running_ledger(broker, tmp_path_factory.mktemp("sdk-admission"), MASTER_KEY) as (running, api),
+        LedgerClient(api.url, MASTER_KEY) as client,
+    ):
+        yield Stack(running, api, client)
 
 
 def team_with_budget(stack: Stack, max_budget: str) -> str:
@@ -62,13 +52,6 @@ def team_with_budget(stack: Stack, max_budget: str) -> str:
 
 def open_ids(stack: Stack, team: str) -> list[str]:
     return [hold.request_id for hold in stack.client.admissions(scope=f"team:{team}")]
-
-
-def in_one_minute() -> None:
-    """Rate shares count per UTC minute: start a short test well inside one."""
-    second = datetime.now(UTC).second
-    if second >= 45:
-        time.sleep(60.5 - second)
 
 
 def test_entering_admits_and_settle_publishes_the_event_that_settles_the_hold(stack: Stack) -> None:
