@@ -188,7 +188,9 @@ class AdmissionBook:
         self.rates = rates
         self.holds: dict[str, Hold] = {}
         self._closed: dict[str, tuple[AdmissionState, datetime]] = {}  # request id -> how and when it ended
-        self._closed_kept = timedelta(seconds=closed_kept_s if closed_kept_s is not None else 2 * ttl_s)
+        # Long enough that a record of a hold read late (another instance's, or the topic read
+        # again after a restart) finds it ended; 500 admits/s keep ~300,000 ids at 10 minutes.
+        self._closed_kept = timedelta(seconds=closed_kept_s if closed_kept_s is not None else ttl_s + 60)
         self._held: dict[str, int] = {}  # scope -> nanos held, all models
         self._held_model: dict[tuple[str, str], int] = {}  # (scope, model) -> nanos held
         # scope -> source -> heap of (offset, request id): settled charges its state does not
