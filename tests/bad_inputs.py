@@ -602,7 +602,7 @@ CORPUS: list[BadInput] = [
         "batch_one_event_over_limit",
         text(batch("bad-batch-big", [event(f"big-{i}") for i in range(BATCH_EVENTS_MAX + 1)])),
         Letter("validate", "invalid_batch", f"events must be a list of 1 to {BATCH_EVENTS_MAX} events"),
-        Refusal(413, "too_large", f"a batch holds at most {BATCH_EVENTS_MAX} events, got {BATCH_EVENTS_MAX + 1}"),
+        Refusal(422, "invalid_usage", f"a batch holds at most {BATCH_EVENTS_MAX} events, got {BATCH_EVENTS_MAX + 1}"),
     ),
     BadInput(
         "batch_events_not_a_list",

@@ -55,7 +55,10 @@ def parse_usage_body(body: bytes, received_at: datetime) -> list[UsageEvent]:
     if not items:
         raise BodyError(422, "the batch holds no events", "invalid_usage")
     if len(items) > BATCH_EVENTS_MAX:
-        raise BodyError(413, f"a batch holds at most {BATCH_EVENTS_MAX} events, got {len(items)}", "too_large")
+        # A count over the spec's maxItems is a field error (422), like every other; 413 is
+        # for a body too large to read.
+        message = f"a batch holds at most {BATCH_EVENTS_MAX} events, got {len(items)}"
+        raise BodyError(422, message, "invalid_usage", [{"loc": list(where), "msg": message, "type": "too_long"}])
     stamp = received_at.isoformat()
     events: list[UsageEvent] = []
     errors: list[dict[str, Any]] = []

@@ -169,7 +169,7 @@ def test_bad_input_gets_a_clear_4xx_and_nothing_reaches_the_topic(admin: httpx.C
     cases = [
         (admin.post("/v1/usage", content=b'{"event_id": "x"', headers={"content-type": "application/json"}), 400),
         (admin.post("/v1/usage", json=usage("x", usage={"prompt_tokens": "many"})), 422),
-        (admin.post("/v1/usage", json={"events": [usage(f"x{i}") for i in range(BATCH_EVENTS_MAX + 1)]}), 413),
+        (admin.post("/v1/usage", json={"events": [usage(f"x{i}") for i in range(BATCH_EVENTS_MAX + 1)]}), 422),
         (admin.post("/v1/usage", content=b"event_id=x", headers={"content-type": "text/plain"}), 415),
         (admin.post("/v1/usage", json={"events": [usage("ok"), usage("bad", model="")]}), 422),
         (admin.put("/v1/budgets/planet/mars", json={"max_budget": 1}), 422),

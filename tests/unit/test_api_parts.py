@@ -67,10 +67,11 @@ def test_malformed_empty_and_wrong_shapes_get_clear_4xx():
     assert "unexpected fields: ['tenant']" in extra.message
 
 
-def test_oversized_batches_and_bodies_are_refused_with_413():
+def test_a_batch_over_the_limit_is_a_field_error_and_a_body_over_the_limit_a_413():
     too_many = refusal(body({"events": [GOOD] * (BATCH_EVENTS_MAX + 1)}))
-    assert too_many.status == 413
+    assert too_many.status == 422
     assert str(BATCH_EVENTS_MAX) in too_many.message
+    assert too_many.fields[0]["loc"] == ["events"]
     assert refusal(b" " * (BODY_BYTES_MAX + 1)).status == 413
 
 
