@@ -250,18 +250,14 @@ async def admit(request: Request) -> Response:
     wanted = AdmitRequest(
         body.request_id, scopes, body.model, who, service.book.rates.priority_of(who, body.priority), estimate
     )
+    if not service.book.rates.knows(wanted.priority):
+        known = sorted(service.book.rates.reservations)
+        message = f"priority {wanted.priority!r} is not in priority_reservation {known}"
+        raise ApiError(422, message, "invalid_request", field="priority")
     try:
         admission = service.book.admit(wanted, api.budget_state.snapshot, at)
     except RequestIdUsed as exc:
         raise ApiError(409, str(exc), "request_id_used") from exc
-    except KeyError as exc:
-        known = sorted(service.book.rates.reservations)
-        raise ApiError(
-            422,
-            f"priority {wanted.priority!r} is not in priority_reservation {known}",
-            "invalid_request",
-            field="priority",
-        ) from exc
     except OverflowError as exc:
         raise ApiError(503, str(exc), "too_many_holds", headers={"retry-after": "1"}) from exc
     if admission.status == 402:

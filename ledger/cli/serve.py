@@ -34,7 +34,6 @@ def api(
     from pydantic import ValidationError
 
     from ledger.api.app import create_app
-    from ledger.api.fast_paths import FastPaths
     from ledger.settings import load_settings
 
     try:
@@ -54,7 +53,7 @@ def api(
         console.print("[yellow]no SPEND_LEDGER_MASTER_KEY: every route is open (loopback only)[/yellow]")
     server = uvicorn.Server(
         uvicorn.Config(
-            FastPaths(create_app(settings)),
+            create_app(settings),
             host=bind_host,
             port=bind_port,
             log_level=level if level != "warning" else "warning",

@@ -204,7 +204,8 @@ class AdmissionBook:
         """Check every scope and the key's rate share, and hold the estimate if all
         allow it: one step, so concurrent admits in one process cannot both take the
         last room. Raises ``RequestIdUsed`` for a request id already ended, and
-        ``KeyError`` for a priority the reservation does not name."""
+        ``KeyError`` for a priority the reservation does not name (check it first:
+        ``RateBook.knows``)."""
         existing = self.holds.get(request.request_id)
         if existing is not None:
             if existing.state != "held" or existing.scope_keys != request.scope_keys or existing.model != request.model:
@@ -259,8 +260,7 @@ class AdmissionBook:
             self.instance_id,
         )
         self._open(hold, now)
-        after = self.rates.decide(request.model, request.rate_key, request.priority, now)
-        return Admission(200, hold, scopes, after)
+        return Admission(200, hold, scopes, rate.counted(estimate.tokens))
 
     def rooms(
         self, scope_keys: Iterable[str], model: str, estimate_nanos: int, snapshot_of: SnapshotOf, now: datetime

@@ -14,7 +14,7 @@ Pure: the minute comes from ``now``, passed in.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -160,6 +160,15 @@ class RateDecision:
     requests: Dimension | None = None
     reset_s: int = 60
 
+    def counted(self, tokens: int) -> RateDecision:
+        """This decision once its call is counted: one request and ``tokens`` more for the
+        key and the model (the key was already counted as active when deciding)."""
+        return replace(
+            self,
+            tokens=None if self.tokens is None else _used(self.tokens, tokens),
+            requests=None if self.requests is None else _used(self.requests, 1),
+        )
+
     def headers(self) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers for the dimensions the model limits."""
         found: dict[str, str] = {}
@@ -172,6 +181,10 @@ class RateDecision:
 
 
 ALLOWED_WITHOUT_LIMITS = RateDecision(allowed=True)
+
+
+def _used(dimension: Dimension, more: int) -> Dimension:
+    return replace(dimension, key_used=dimension.key_used + more, model_used=dimension.model_used + more)
 
 
 def minute_of(now: datetime) -> int:
@@ -230,6 +243,10 @@ class RateBook:
     def priority_of(self, key: str, requested: str | None) -> str | None:
         """A request's own priority wins over the key's."""
         return requested if requested is not None else self.key_priorities.get(key)
+
+    def knows(self, priority: str | None) -> bool:
+        """Whether ``priority`` may be used: no priority, no reservation, or one it names."""
+        return priority is None or not self.reservations or priority in self.reservations
 
     def weight(self, priority: str | None) -> Fraction:
         """The priority's reserved fraction; 1 without a priority. Raises KeyError for a

@@ -338,3 +338,13 @@ def test_an_estimate_costs_what_the_worker_would_charge_for_the_same_usage():
     for model in ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4-20250514"):
         event = UsageEvent(event_id="e", occurred_at=T0, model=model, usage=usage)
         assert usage_cost_nanos(book, model, usage, T0) == price_event(event, book).cost_nanos > 0
+
+
+def test_an_admits_rate_answer_is_what_deciding_again_after_it_gives():
+    admissions = book(reservation={"dev": 0.5, "prod": 0.5})
+    admissions.rates.configure(limits("gpt-4o", tpm=1_000, rpm=10))
+    states = States()
+    for i, (key, priority) in enumerate([("a", "dev"), ("b", "dev"), ("a", "dev"), ("c", "prod")]):
+        admitted = admissions.admit(request(f"r{i}", 0, key=key, tokens=40 + i, priority=priority), states, T0)
+        assert admitted.status == 200
+        assert admitted.rate == admissions.rates.decide("gpt-4o", key, priority, T0)
