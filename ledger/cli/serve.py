@@ -34,6 +34,7 @@ def api(
     from pydantic import ValidationError
 
     from ledger.api.app import create_app
+    from ledger.api.fast_paths import FastPaths
     from ledger.settings import load_settings
 
     try:
@@ -53,7 +54,7 @@ def api(
         console.print("[yellow]no SPEND_LEDGER_MASTER_KEY: every route is open (loopback only)[/yellow]")
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            FastPaths(create_app(settings)),
             host=bind_host,
             port=bind_port,
             log_level=level if level != "warning" else "warning",
