@@ -93,7 +93,8 @@ class AdmissionService:
     def load(self, connection: duckdb.DuckDBPyConnection, now: datetime) -> None:
         """Rebuild the book from the store, before the projector moves its positions:
         every hold that may still be open, ended as the store says, and the current
-        price book."""
+        price book. After ``reconcile_log``, so the positions followed from are on the
+        broker's current log."""
         self._start_offsets = stored_offsets(connection)
         since = now - self.book.ttl - EXPIRY_GRACE
         rows = connection.execute(

@@ -22,7 +22,8 @@ from ledger.domain.budgets import BudgetCommand
 from ledger.kafka import client_options, ensure_topics
 from ledger.publishing import usage_messages
 from ledger.settings import Settings
-from ledger.store.projector import Projector
+from ledger.store.positions import reconcile_log
+from ledger.store.projector import Projector, input_topics
 from ledger.store.schema import open_store
 from ledger.tokenizer import count_tokens
 from ledger.topics import TopicNames, topic_names
@@ -81,6 +82,9 @@ class ApiServices:
     async def start(self) -> None:
         await asyncio.wait_for(ensure_topics(self.settings), STARTUP_TIMEOUT_S)
         self.store = open_store(self.settings.duckdb_path)
+        # First onto the broker's current log (a restarted dev broker's is new): the
+        # admission follower starts from the stored positions that load() reads.
+        await asyncio.wait_for(reconcile_log(self.settings, self.store, input_topics(self.names)), STARTUP_TIMEOUT_S)
         self.admission.load(self.store, datetime.now(UTC))  # before the projector moves on
         # The api's projector is not on anyone's hot path: fewer, longer idle fetches.
         self.projector = Projector(self.settings, self.store, count_tokens, fetch_max_wait_ms=PROJECTOR_FETCH_WAIT_MS)

@@ -6,6 +6,11 @@ restart, or a SIGKILL at any point, continues exactly after the last committed b
 nothing is lost, and nothing is stored twice (the tables' keys drop what a replayed
 record would repeat). The api hosts it as the store's single writer; ``spend-ledger
 project`` runs it alone.
+
+A new log under the same topics (a restarted dev broker starts each at offset 0 again)
+is told from the old one before any read (``ledger.store.positions``): it ends before the
+stored position, or its record just before it is not the one stored last (a digest of
+timestamp, key, value). It is read from its start; stored offsets continue after the old.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from ledger.domain.pricing import TokenCounter
 from ledger.kafka import client_options, end_offsets, ensure_topics, reached, records_behind
 from ledger.settings import Settings
+from ledger.store.positions import new_log_at, reconcile_log, record_fingerprint, start_new_logs
 from ledger.store.records import (
     StoreRows,
     admission_row,
@@ -33,7 +39,7 @@ from ledger.store.records import (
     rate_limit_row,
     usage_rows,
 )
-from ledger.store.writer import append, stored_offsets
+from ledger.store.writer import append, stored_positions
 from ledger.topics import TopicNames, topic_names
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,9 @@ FETCH_TIMEOUT_MS = 200
 LAG_EVERY_S = 1.0
 APPEND_EVERY_S = 0.25  # at most this often while records trickle in; at once when a batch is full
 PARTITION_FETCH_BYTES_MAX = 16 * 1024 * 1024  # a usage message may be 8 MiB
+
+# Where a batch leaves each partition read: next offsets, fingerprints of the records before.
+Positions = tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]]
 
 
 @dataclass(slots=True)
@@ -88,7 +97,9 @@ class Projector:
         self.names = topic_names(settings.topic_prefix)
         self.stats = ProjectorStats()
         self.lag_records = 0  # records on its topics not read yet (updated about once a second)
-        self._rows_of: dict[str, Callable[[ConsumerRecord[bytes, bytes], StoreRows], None]] = {
+        # Per partition: what turns the current log's offsets into stored source_offsets.
+        self._offset_bases: dict[tuple[str, int], int] = {}
+        self._rows_of: dict[str, Callable[[ConsumerRecord[bytes, bytes], int, StoreRows], None]] = {
             self.names.usage: self._usage,
             self.names.ledger_entries: self._entries,
             self.names.budget_commands: self._command,
@@ -104,13 +115,12 @@ class Projector:
         is read to the end it had when the run began."""
         started = time.monotonic()
         await ensure_topics(self.settings)
+        await reconcile_log(self.settings, self.connection, input_topics(self.names))
         consumer = AIOKafkaConsumer(
             **client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
-            # A stored offset the log no longer has (a new, empty dev broker; retention)
-            # restarts at the log's start: records may be read again (their keys drop
-            # them), never skipped. Telling a new log from the old one is for restore.
+            # A stored offset retention has deleted since: on from the log's first record.
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
@@ -155,15 +165,15 @@ class Projector:
         self, records: list[ConsumerRecord[bytes, bytes]], appending: asyncio.Task[None] | None
     ) -> asyncio.Task[None]:
         """Build the rows of ``records`` while the append before runs, then start theirs."""
-        rows, next_offsets = await asyncio.to_thread(self._rows, records)
+        rows, positions = await asyncio.to_thread(self._rows, records)
         if appending is not None:
             await appending
-        return asyncio.create_task(asyncio.to_thread(self._append, rows, next_offsets, len(records)))
+        return asyncio.create_task(asyncio.to_thread(self._append, rows, positions, len(records)))
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         """Assign every input partition at its stored position; returns their ends now.
-        A position past a partition's end (the log was replaced by a new, shorter one)
-        starts over at the log's start: records may come again, none is skipped."""
+        A position past a partition's end is a log replaced since ``reconcile_log`` looked:
+        it is stored as a new log too, and read from its start."""
         await consumer.topics()  # loads the cluster metadata
         partitions = [
             TopicPartition(topic, partition)
@@ -172,38 +182,46 @@ class Projector:
         ]
         consumer.assign(partitions)
         ends = await end_offsets(self.settings, partitions)
-        positions = stored_offsets(self.connection)
+        stored = stored_positions(self.connection)
+        shrunk = [
+            new_log_at(tp, position, ends[tp], "ends_before_position")
+            for tp in partitions
+            if (position := stored.get((tp.topic, tp.partition))) is not None and position.next_offset > ends[tp]
+        ]
+        start_new_logs(self.connection, shrunk)
+        positions = stored_positions(self.connection)
+        self._offset_bases = {key: position.offset_base for key, position in positions.items()}
         for tp in partitions:
             position = positions.get((tp.topic, tp.partition))
-            if position is not None and position > ends[tp]:
-                log.warning(
-                    "%s: stored offset %d is past the log's end %d; reading from its start", tp, position, ends[tp]
-                )
-                position = None
-            if position is None:
+            if position is None or position.next_offset == 0:
                 await consumer.seek_to_beginning(tp)
             else:
-                consumer.seek(tp, position)
+                consumer.seek(tp, position.next_offset)
         return ends
 
-    def _rows(self, records: list[ConsumerRecord[bytes, bytes]]) -> tuple[StoreRows, dict[tuple[str, int], int]]:
-        """Rows for every record of a batch, and the next offset of each partition read."""
+    def _rows(self, records: list[ConsumerRecord[bytes, bytes]]) -> tuple[StoreRows, Positions]:
+        """Rows for every record of a batch, and where each partition read now is: the next
+        offset, and the fingerprint of the record before it."""
         rows = StoreRows()
-        next_offsets: dict[tuple[str, int], int] = {}
+        last_read: dict[tuple[str, int], ConsumerRecord[bytes, bytes]] = {}
         for record in records:
+            key = (record.topic, record.partition)
             if record.value is not None:  # a compacted topic's tombstone carries nothing
                 try:
-                    self._rows_of[record.topic](record, rows)
+                    self._rows_of[record.topic](record, self._offset_bases.get(key, 0) + record.offset, rows)
                 except (ValueError, KeyError, TypeError) as exc:  # not written by the ledger
                     self.stats.skipped += 1
                     log.warning("skipped %s/%d@%d: %r", record.topic, record.partition, record.offset, exc)
-            key = (record.topic, record.partition)
-            next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
-        return rows, next_offsets
+            if key not in last_read or record.offset > last_read[key].offset:
+                last_read[key] = record
+        next_offsets = {key: record.offset + 1 for key, record in last_read.items()}
+        fingerprints = {key: record_fingerprint(record) for key, record in last_read.items()}
+        return rows, (next_offsets, fingerprints)
 
-    def _append(self, rows: StoreRows, next_offsets: dict[tuple[str, int], int], messages: int) -> None:
+    def _append(self, rows: StoreRows, positions: Positions, messages: int) -> None:
         """Rows and positions in one transaction."""
-        append(self.connection, rows, next_offsets)
+        next_offsets, fingerprints = positions
+        append(self.connection, rows, next_offsets, fingerprints)
         self.stats.messages += messages
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():
@@ -211,43 +229,43 @@ class Projector:
         batches = self.stats.rows.get("ledger_entry_batches", 0)
         self.stats.rows["ledger_entry_batches"] = batches + len(rows.entry_batches)
 
-    def _usage(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _usage(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
-        found = usage_rows(record.value, record.partition, record.offset, self.count_tokens)
+        found = usage_rows(record.value, record.partition, source_offset, self.count_tokens)
         rows.tables["usage_events"].extend(found)
 
-    def _entries(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _entries(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
         rows.entry_batches.append(entry_batch(record.value))
 
-    def _command(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _command(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
-        row = command_row(record.value, record.partition, record.offset)
+        row = command_row(record.value, record.partition, source_offset)
         if row is not None:
             rows.tables["budget_commands"].append(row)
 
-    def _alert(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _alert(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
         rows.tables["budget_alerts"].append(alert_row(record.value))
 
-    def _price_book(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _price_book(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
-        row = price_book_row(record.value, record.offset)
+        row = price_book_row(record.value, source_offset)
         if row is not None:
             rows.tables["price_books"].append(row)
 
-    def _dead_letter(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _dead_letter(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
-        row = dead_letter_row(record.value)
+        row = dead_letter_row(record.value)  # its source_offset is the refused record's, from the value
         if row is not None:
             rows.tables["dead_letters"].append(row)
 
-    def _admission(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _admission(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
         rows.tables["admission_events"].append(admission_row(record.value))
 
-    def _rate_limit(self, record: ConsumerRecord[bytes, bytes], rows: StoreRows) -> None:
+    def _rate_limit(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
-        row = rate_limit_row(record.value, record.partition, record.offset)
+        row = rate_limit_row(record.value, record.partition, source_offset)
         if row is not None:
             rows.tables["rate_limit_records"].append(row)

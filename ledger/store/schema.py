@@ -10,19 +10,24 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: consumer_offsets.offset_base and last_record (telling a new log from the old)
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS store_meta (
     name VARCHAR PRIMARY KEY,
     value VARCHAR NOT NULL
 );
--- The next offset to read per input partition, written in the same transaction as the
--- rows read before it: a restart continues exactly there.
+-- The next offset to read per input partition on the broker's current log, written in the
+-- same transaction as the rows read before it: a restart continues exactly there.
+-- offset_base: added to the current log's offsets in every stored source_offset (the ends
+-- of the logs read before it, so stored offsets only grow); last_record: a fingerprint of
+-- the record at next_offset - 1, to tell a new log from this one (ledger.store.positions).
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     topic VARCHAR NOT NULL,
     kafka_partition INTEGER NOT NULL,
     next_offset BIGINT NOT NULL,
+    offset_base BIGINT NOT NULL DEFAULT 0,
+    last_record VARCHAR,
     PRIMARY KEY (topic, kafka_partition)
 );
 -- Every valid usage event, once per event_id (the first copy read wins), priced or not:
@@ -95,6 +100,8 @@ CREATE TABLE IF NOT EXISTS budget_alerts (
     message VARCHAR NOT NULL
 );
 -- Every price book published, in the order read (the last one is the current book).
+-- source_offset (here and in the other tables but dead_letters) is offset_base + the
+-- record's offset: it orders records read later after earlier ones, across logs.
 CREATE TABLE IF NOT EXISTS price_books (
     version VARCHAR PRIMARY KEY,
     book_id VARCHAR NOT NULL,
@@ -147,6 +154,13 @@ CREATE TABLE IF NOT EXISTS rate_limit_records (
 );
 """
 
+# Columns added since version 1, for a store file written before them. DuckDB refuses
+# ADD COLUMN IF NOT EXISTS for a NOT NULL column, hence the look-up first.
+_ADDED_COLUMNS = (
+    ("consumer_offsets", "offset_base", "BIGINT NOT NULL DEFAULT 0"),
+    ("consumer_offsets", "last_record", "VARCHAR"),
+)
+
 STORE_TABLES = (
     "usage_events",
     "ledger_entries",
@@ -187,7 +201,8 @@ def open_store(path: Path, *, read_only: bool = False, sandboxed: bool = False) 
             path.parent.mkdir(parents=True, exist_ok=True)
             connection = duckdb.connect(str(path))
             connection.execute(TABLES_SQL)
-            connection.execute("INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            _add_columns(connection)
+            connection.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise
@@ -200,3 +215,15 @@ def open_store(path: Path, *, read_only: bool = False, sandboxed: bool = False) 
     if sandboxed:  # last: a locked configuration refuses even the time zone above
         connection.execute("SET lock_configuration = true")
     return connection
+
+
+def _add_columns(connection: duckdb.DuckDBPyConnection) -> None:
+    """Bring a store file written by an earlier version up to this schema (rows kept)."""
+    found = set(
+        connection.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        ).fetchall()
+    )
+    for table, column, definition in _ADDED_COLUMNS:
+        if (table, column) not in found:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

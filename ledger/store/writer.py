@@ -8,6 +8,7 @@ read again unless the crash came before the commit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -159,14 +160,46 @@ def arrow_table(table: str, rows: list[tuple[Any, ...]]) -> pa.Table:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPosition:
+    """Where the store is in one input partition (a ``consumer_offsets`` row)."""
+
+    next_offset: int  # on the broker's current log
+    offset_base: int  # added to that log's offsets in stored source_offsets
+    last_record: str | None  # fingerprint of the record at next_offset - 1 (None: unknown)
+
+
+def stored_positions(connection: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], StoredPosition]:
+    """Every stored position per (topic, partition), as last committed."""
+    rows = connection.execute(
+        "SELECT topic, kafka_partition, next_offset, offset_base, last_record FROM consumer_offsets"
+    ).fetchall()
+    return {(topic, partition): StoredPosition(*position) for topic, partition, *position in rows}
+
+
 def stored_offsets(connection: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], int]:
     """The next offset to read per (topic, partition), as last committed."""
     rows = connection.execute("SELECT topic, kafka_partition, next_offset FROM consumer_offsets").fetchall()
     return {(topic, partition): offset for topic, partition, offset in rows}
 
 
-def append(connection: duckdb.DuckDBPyConnection, rows: StoreRows, next_offsets: dict[tuple[str, int], int]) -> None:
-    """Insert ``rows`` and move the offsets, all or nothing."""
+# The offset base is the new-log check's to move (ledger.store.positions), never an append's.
+_UPSERT_OFFSETS = """
+INSERT INTO consumer_offsets (topic, kafka_partition, next_offset, last_record)
+SELECT topic, kafka_partition, next_offset, last_record FROM offsets
+ON CONFLICT (topic, kafka_partition)
+DO UPDATE SET next_offset = excluded.next_offset, last_record = excluded.last_record
+"""
+
+
+def append(
+    connection: duckdb.DuckDBPyConnection,
+    rows: StoreRows,
+    next_offsets: dict[tuple[str, int], int],
+    last_records: dict[tuple[str, int], str] | None = None,
+) -> None:
+    """Insert ``rows`` and move the offsets (with the fingerprint of each partition's last
+    record read, where given), all or nothing."""
     connection.begin()
     try:
         for table, table_rows in rows.tables.items():
@@ -180,15 +213,17 @@ def append(connection: duckdb.DuckDBPyConnection, rows: StoreRows, next_offsets:
             connection.execute(_INSERT_ENTRIES)
             connection.unregister("incoming")
         if next_offsets:
+            fingerprints = last_records or {}
             offsets = pa.table(
                 {
                     "topic": [topic for topic, _ in next_offsets],
                     "kafka_partition": pa.array([partition for _, partition in next_offsets], pa.int32()),
                     "next_offset": pa.array(list(next_offsets.values()), pa.int64()),
+                    "last_record": pa.array([fingerprints.get(key) for key in next_offsets], pa.string()),
                 }
             )
             connection.register("offsets", offsets)
-            connection.execute("INSERT OR REPLACE INTO consumer_offsets SELECT * FROM offsets")
+            connection.execute(_UPSERT_OFFSETS)
             connection.unregister("offsets")
         connection.commit()
     except BaseException:

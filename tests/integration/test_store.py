@@ -120,3 +120,13 @@ def test_an_offset_the_log_no_longer_has_restarts_at_its_start_and_skips_nothing
     ledger.publish_json(ledger.topics.usage, [(e["event_id"], e) for e in later])
     ledger.project(store)
     assert counts(store)["usage_events"] == 8
+    with duckdb.connect(str(store), read_only=True) as connection:  # each partition's stored offsets grew on
+        (out_of_order,) = connection.execute(
+            """
+            SELECT count(*) FROM usage_events later
+            WHERE later.event_id LIKE 'o-later-%' AND later.source_offset <= (
+                SELECT max(first.source_offset) FROM usage_events first
+                WHERE first.event_id NOT LIKE 'o-later-%' AND first.source_partition = later.source_partition)
+            """
+        ).fetchone()
+    assert out_of_order == 0
