@@ -114,6 +114,29 @@ async def end_offsets(settings: Settings, partitions: list[TopicPartition]) -> d
         await consumer.stop()
 
 
+async def records_on(settings: Settings, topics: tuple[str, ...] | list[str]) -> int:
+    """How many records the broker holds on ``topics`` (missing ones hold none)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            if topic in existing
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+    finally:
+        await consumer.stop()
+    return sum((await end_offsets(settings, partitions)).values())
+
+
 async def records_behind(consumer: AIOKafkaConsumer) -> int:
     """Records on the consumer's assigned partitions not read yet (by the last highwaters)."""
     behind = 0

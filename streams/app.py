@@ -34,7 +34,7 @@ from faust.types import EventT, StreamT, TableT
 from pydantic import ValidationError
 
 from ledger.domain.adjustments import LedgerAdjustment, adjustment_entry
-from ledger.domain.budgets import BudgetCommand
+from ledger.domain.budgets import BudgetCommand, BudgetState
 from ledger.domain.dedup import DedupIndex
 from ledger.domain.errors import InvalidUsage, UnpricedModel
 from ledger.domain.events import UsageEvent
@@ -49,6 +49,7 @@ from streams.codec import (
     ChargeRow,
     Source,
     charge_row,
+    decode_restored_ids,
     decode_routed,
     decode_scope_record,
     encode_charges,
@@ -265,6 +266,10 @@ class LedgerWorker:
         message = event.message
         partition, offset = message.partition, message.offset
         dedup = self._dedup_index(partition)
+        restored = decode_restored_ids(message.value or b"")
+        if restored is not None:
+            self._restore_ids(outputs, partition, offset, dedup, *restored)
+            return
         sources, items = decode_routed(message.value or b"")
         checked: list[tuple[UsageEvent | LedgerAdjustment, Source, bytes]] = []
         for source_index, body in items:
@@ -324,6 +329,15 @@ class LedgerWorker:
             value = encode_charges(f"u{partition}", offset, rows)
             outputs.add(self.scope_topic.get_topic_name(), owner, batch_id.encode(), value)
         self._expire_dedup(outputs, partition, dedup)
+
+    def _restore_ids(
+        self, outputs: StepOutputs, partition: int, offset: int, dedup: DedupIndex, ids: list[str], seen_at_s: float
+    ) -> None:
+        """Event ids a restore put back (``spend-ledger restore``): later copies of them
+        are duplicates, as if their messages were still in the log."""
+        if dedup.record(offset, ids, seen_at_s):
+            log_record = orjson.dumps({"at": seen_at_s, "ids": ids})
+            self._write_table(outputs, self.dedup_table, partition, f"{partition}:{offset}".encode(), log_record)
 
     def _dedup_index(self, partition: int) -> DedupIndex:
         """This partition's index, rebuilt from the dedup table the first time after an
@@ -388,6 +402,11 @@ class LedgerWorker:
                 command = BudgetCommand.model_validate(record.command)
                 inputs.setdefault(command.scope_key, []).append(
                     ScopeInput(record.source, record.offset, command=command)
+                )
+            if record.restore is not None:
+                restored = BudgetState.model_validate(record.restore)
+                inputs.setdefault(restored.scope_key, []).append(
+                    ScopeInput(record.source, record.offset, restore=restored)
                 )
             for scope, scope_charges in record.charges.items():
                 inputs.setdefault(scope, []).append(

@@ -81,6 +81,27 @@ def encode_charges(source: str, offset: int, rows: list[ChargeRow]) -> bytes:
     return orjson.dumps({"source": source, "offset": offset, "charges": rows})
 
 
+def encode_restore(source: str, offset: int, state_json: bytes) -> bytes:
+    """A ``scope-charges`` record carrying the state a restore puts in place."""
+    return (
+        b'{"source":' + orjson.dumps(source) + b',"offset":' + str(offset).encode() + b',"restore":' + state_json + b"}"
+    )
+
+
+def encode_restored_ids(stamp: int, event_ids: list[str], seen_at_s: float) -> bytes:
+    """A ``usage-by-event`` record of event ids a restore puts back in the dedup index
+    (JSON, so its first byte is ``{``; a routed usage record starts with a zero byte)."""
+    return orjson.dumps({"restore": stamp, "seen_at": seen_at_s, "ids": event_ids})
+
+
+def decode_restored_ids(value: bytes) -> tuple[list[str], float] | None:
+    """The ids and their time of a restore record, or None for routed usage."""
+    if value[:1] != b"{":
+        return None
+    record = orjson.loads(value)
+    return record["ids"], record["seen_at"]
+
+
 def encode_command(source: str, offset: int, command_json: bytes) -> bytes:
     """A ``scope-charges`` record carrying one validated budget command."""
     return (
@@ -102,10 +123,12 @@ class ScopeRecord:
     offset: int
     charges: dict[str, list[Charge]]
     command: dict[str, Any] | None
+    restore: dict[str, Any] | None = None
 
 
 def decode_scope_record(value: bytes) -> ScopeRecord:
-    """The inverse of ``encode_charges`` and ``encode_command``; charges grouped by scope."""
+    """The inverse of ``encode_charges``, ``encode_command`` and ``encode_restore``;
+    charges grouped by scope."""
     record = orjson.loads(value)
     by_scope: dict[str, list[Charge]] = {}
     parse_time = datetime.fromisoformat
@@ -113,4 +136,4 @@ def decode_scope_record(value: bytes) -> ScopeRecord:
         charge = Charge(entry_id, parse_time(occurred_at), model, cost_nanos)
         for scope in scopes:
             by_scope.setdefault(scope, []).append(charge)
-    return ScopeRecord(record["source"], record["offset"], by_scope, record.get("command"))
+    return ScopeRecord(record["source"], record["offset"], by_scope, record.get("command"), record.get("restore"))

@@ -19,6 +19,7 @@ from ledger.cli import dev as dev_commands
 from ledger.cli import limits as limit_commands
 from ledger.cli import prices as price_commands
 from ledger.cli import replay as replay_commands
+from ledger.cli import restore as restore_commands
 from ledger.cli import serve as serve_commands
 from ledger.cli import spend as spend_commands
 from ledger.cli import store as store_commands
@@ -43,6 +44,7 @@ app.command()(store_commands.project)
 app.add_typer(spend_commands.spend_app, name="spend")
 app.command()(spend_commands.sql)
 app.command()(replay_commands.replay)
+app.command()(restore_commands.restore)
 app.command()(serve_commands.api)
 app.command()(dev_commands.dev)
 app.add_typer(budget_commands.budgets_app, name="budgets")

@@ -4,6 +4,10 @@ Kafka without transactions delivers at least once: after a crash or a rebalance,
 already folded may come again. A ``BudgetSnapshot`` records, per input source, the last
 offset folded into it; input at or below that offset is recognised and skipped. State and
 positions are written as one record, so folding the same input twice changes nothing.
+
+A restore (``ledger.restore``) rebuilds a scope from the store when the log is gone: its
+input replaces the state whole, from source ``r`` at the restore's stamp, so the same
+restore folded twice changes nothing and a later restore replaces an earlier one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ledger.domain.events import FROZEN, SCHEMA_VERSION
 from ledger.domain.fold import Alerts, Charge, advance, apply_batch, apply_command, new_state
 
 SOURCES_PER_SCOPE_MAX = 4_096  # one per input partition; more means a misconfiguration
+RESTORE_SOURCE = "r"  # a restore's input: its offset is the restore's stamp (microseconds)
 
 
 class BudgetSnapshot(BaseModel):
@@ -41,12 +46,14 @@ _SNAPSHOT_FIELDS = all_fields(BudgetSnapshot)
 
 @dataclass(frozen=True, slots=True)
 class ScopeInput:
-    """Input for one scope from one source message: charges, or one budget command."""
+    """Input for one scope from one source message: charges, one budget command, or the
+    state a restore puts in place."""
 
     source: str
     offset: int
     charges: tuple[Charge, ...] = ()
     command: BudgetCommand | None = None
+    restore: BudgetState | None = None
 
 
 def empty_snapshot(scope_key: str) -> BudgetSnapshot:
@@ -67,13 +74,19 @@ def fold_inputs(snapshot: BudgetSnapshot, inputs: Iterable[ScopeInput]) -> tuple
         if item.offset <= applied.get(item.source, -1):
             continue
         applied[item.source] = item.offset
-        if item.command is None:
+        if item.command is None and item.restore is None:
             pending.extend(item.charges)
             continue
         if pending:
             state, charged = apply_batch(state, pending)
             alerts.extend(charged)
             pending = []
+        if item.restore is not None:
+            if item.restore.scope_key != state.scope_key:
+                raise ValueError(f"a restore of {item.restore.scope_key} reached {state.scope_key}")
+            state = item.restore  # alerted crossings come with it: none is sent again
+            continue
+        assert item.command is not None
         state, commanded = apply_command(state, item.command)
         alerts.extend(commanded)
     if pending:
@@ -94,10 +107,6 @@ def fold_tick(snapshot: BudgetSnapshot, now: datetime) -> tuple[BudgetSnapshot, 
     return BudgetSnapshot.model_construct(
         _SNAPSHOT_FIELDS, schema_version=SCHEMA_VERSION, state=state, applied=snapshot.applied
     ), alerts
-
-
-def _built(state: BudgetState, applied: dict[str, int]) -> BudgetSnapshot:
-    return BudgetSnapshot.model_construct(_SNAPSHOT_FIELDS, schema_version=SCHEMA_VERSION, state=state, applied=applied)
 
 
 def next_window_end(snapshot: BudgetSnapshot) -> datetime | None:
