@@ -190,8 +190,16 @@ class DevStack:
     so a Ctrl-C during start-up stops the stack too.
     """
 
-    def __init__(self, config: DevStackConfig, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        config: DevStackConfig,
+        out: TextIO | None = None,
+        before_worker: Callable[[], Callable[[], None] | None] | None = None,
+    ) -> None:
         self.config = config
+        # Runs once the broker answers, before the worker starts (a restore); what it
+        # returns runs once the api is ready, before the stack says so.
+        self.before_worker = before_worker
         self.log = LogStream(out or sys.stdout)
         self.stop_requested = threading.Event()
         self.stop_reason: str | None = None
@@ -210,8 +218,8 @@ class DevStack:
         self.stop_requested.set()
 
     def start(self) -> bool:
-        """Start the broker, then the worker and the api once the broker answers; wait
-        until the api's ``/readyz`` is 200. False if a stop was requested first. On any
+        """Start the broker, then (after ``before_worker``) the worker and the api once the
+        broker answers; wait until the api's ``/readyz`` is 200. False if a stop was requested first. On any
         failure, stops what it started and raises ``DevStackError``."""
         started = time.monotonic()
         try:
@@ -233,6 +241,7 @@ class DevStack:
                 f"accept connections on {self.config.bootstrap_servers}",
             ):
                 return False
+            after_ready = self.before_worker() if self.before_worker is not None else None
             self._launch("worker", ChildProcess.command(["worker"], self._env, pipe_output=True, new_session=True))
             api_arguments = ["api", "--host", HOST, "--port", str(self.config.api_port)]
             api = self._launch(
@@ -242,6 +251,8 @@ class DevStack:
                 api, self._api_ready, API_READY_TIMEOUT_S, f"answer 200 on {self.config.api_url}/readyz"
             ):
                 return False
+            if after_ready is not None:
+                after_ready()
             self.say(f"ready in {time.monotonic() - started:.1f} s")
             return True
         except BaseException:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # imported when the command runs, so other commands start fas
     import httpx
 
     from ledger.devstack import DevStack, DevStackConfig
+    from ledger.settings import Settings
 
 DEMO_REQUEST_TIMEOUT_S = 30.0
 DEMO_SETTLE_TIMEOUT_S = 60.0
@@ -75,13 +76,27 @@ def dev(
         raise _fail(str(exc)) from exc
 
     stack = DevStack(config)
+    restored = False
+
+    def restore_if_log_lost() -> Callable[[], None] | None:
+        nonlocal restored
+        wait = _restore_if_log_lost(stack, _stack_settings(settings, config))
+        restored = wait is not None
+        return wait
+
+    stack.before_worker = restore_if_log_lost
     if settings.master_key is None:
         stack.say("generated a master key for this run (SPEND_LEDGER_MASTER_KEY sets one)")
     failure: str | None = None
     with _signals_request_stop(stack):
         try:
             if stack.start():
-                outcome = _run_demo(stack) if demo else None
+                outcome: DemoOutcome | None = None
+                if demo and restored:
+                    stack.say("demo: not sent again, the store has the ledger's history; this is what it holds")
+                    outcome = _read_ledger(stack)
+                elif demo:
+                    outcome = _run_demo(stack)
                 if not stack.stop_requested.is_set():
                     print(summary(config, outcome), flush=True)
                     stack.watch()
@@ -94,6 +109,66 @@ def dev(
     stack.say("stopped" if clean else "stopped; a process had to be killed")
     if not clean:
         raise typer.Exit(code=1)
+
+
+def _stack_settings(settings: Settings, config: DevStackConfig) -> Settings:
+    """The settings the children run with (``child_environment``), for the dev process's own work."""
+    copied: Settings = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": config.bootstrap_servers,
+            "data_dir": config.data_dir,
+            "duckdb_path": config.duckdb_path,
+        }
+    )
+    return copied
+
+
+def _restore_if_log_lost(stack: DevStack, settings: Settings) -> Callable[[], None] | None:
+    """Before the worker starts: if the store has history and the (new, in-memory) broker
+    holds nothing, restore live state from the store (DESIGN section 7). Returns the wait
+    for the worker to apply it, run once the api is ready; None when there is nothing to do."""
+    import duckdb
+    from aiokafka.errors import KafkaError
+    from rich.console import Console
+
+    from ledger.cli.restore import RestoreOutcome, live_records, plan_and_publish, progress_bar, wait_for_worker
+    from ledger.devstack import DevStackError
+    from ledger.restore.plan import store_has_history
+    from ledger.store.schema import StoreUnavailable, open_store
+
+    if not settings.duckdb_path.exists():
+        return None
+    started = time.monotonic()
+    try:
+        connection = open_store(settings.duckdb_path, read_only=True)
+    except StoreUnavailable as exc:
+        raise DevStackError(str(exc)) from exc
+    progress = progress_bar(Console())
+    try:
+        if not store_has_history(connection):
+            return None
+        held = live_records(settings)
+        if held:
+            stack.say(f"the broker already holds {held:,} records: live state is not restored from the store")
+            return None
+        stack.say(f"the broker is empty and the store {settings.duckdb_path} is not: restoring live state from it")
+        with progress:
+            outcome = plan_and_publish(settings, connection, progress)
+    except (duckdb.Error, KafkaError, OSError) as exc:
+        raise DevStackError(f"restore: {type(exc).__name__}: {exc}") from exc
+    finally:
+        connection.close()
+
+    def wait_for_it() -> None:
+        try:
+            with progress:
+                wait_for_worker(settings, outcome.plan, progress)
+        except (KafkaError, TimeoutError) as exc:
+            raise DevStackError(f"restore: {type(exc).__name__}: {exc}") from exc
+        seconds = time.monotonic() - started
+        stack.say(RestoreOutcome(outcome.plan, outcome.records, seconds).summary())
+
+    return wait_for_it
 
 
 def _fail(message: str) -> typer.Exit:
@@ -125,7 +200,7 @@ def _signals_request_stop(stack: DevStack) -> Iterator[None]:
 class DemoOutcome:
     """What the demo left in the ledger, as the api answers it."""
 
-    run_start: str
+    run_start: str | None  # None: everything since the store began (a restored stack)
     spend_rows: list[dict[str, Any]]
     alerts: list[dict[str, Any]]
     budgets: list[dict[str, Any]]
@@ -195,6 +270,23 @@ def _seed_demo(stack: DevStack) -> DemoOutcome | None:
             return None
         budgets = _expect(client.get("/v1/budgets"), 200).json()
     return DemoOutcome(run_start.isoformat(), spend_rows, sorted(alerts, key=_alert_order), budgets)
+
+
+def _read_ledger(stack: DevStack) -> DemoOutcome:
+    """Spend by team and model, the alerts and the budgets, as the api answers them now."""
+    import httpx
+
+    from ledger.devstack import DevStackError
+
+    headers = {"Authorization": f"Bearer {stack.config.master_key}"}
+    try:
+        with httpx.Client(base_url=stack.config.api_url, headers=headers, timeout=DEMO_REQUEST_TIMEOUT_S) as client:
+            rows = _expect(client.get("/v1/spend", params={"group_by": "team,model"}), 200).json()["rows"]
+            alerts = _expect(client.get("/v1/alerts"), 200).json()["alerts"]
+            budgets = _expect(client.get("/v1/budgets"), 200).json()
+    except httpx.HTTPError as exc:
+        raise DevStackError(f"reading the ledger: {type(exc).__name__}: {exc}") from exc
+    return DemoOutcome(None, rows, sorted(alerts, key=_alert_order), budgets)
 
 
 def _demo_scopes_query() -> dict[str, str]:
@@ -311,7 +403,10 @@ def summary(config: DevStackConfig, outcome: DemoOutcome | None) -> str:
 def _demo_lines(outcome: DemoOutcome) -> list[str]:
     from ledger.domain.money import format_usd
 
-    lines = ["", f"Demo spend by team and model since {outcome.run_start} (USD):"]
+    if outcome.run_start is None:
+        lines = ["", "Spend by team and model, restored from the store (USD):"]
+    else:
+        lines = ["", f"Demo spend by team and model since {outcome.run_start} (USD):"]
     lines.append(f"  {'team':<12} {'model':<22} {'calls':>5} {'spend':>12}")
     for row in outcome.spend_rows:
         groups = row["groups"]
@@ -319,7 +414,7 @@ def _demo_lines(outcome: DemoOutcome) -> list[str]:
             f"  {groups.get('team') or '-':<12} {groups.get('model') or '-':<22} "
             f"{row['entry_count']:>5} {format_usd(row['spend_nanos']):>12}"
         )
-    lines += ["", "Demo budgets (USD):"]
+    lines += ["", "Budgets (USD):" if outcome.run_start is None else "Demo budgets (USD):"]
     for budget in outcome.budgets:
         maximum = budget["max_budget_nanos"]
         lines.append(
@@ -327,7 +422,7 @@ def _demo_lines(outcome: DemoOutcome) -> list[str]:
             f"{'-' if maximum is None else format_usd(maximum):>6} {_period(budget['budget_duration']):<8} "
             f"{'EXCEEDED' if budget['exceeded'] else 'ok'}"
         )
-    lines += ["", "Demo alerts:"]
+    lines += ["", "Alerts:" if outcome.run_start is None else "Demo alerts:"]
     for alert in outcome.alerts:
         lines.append(f"  {alert['scope_key']} [{alert['limit_name']}] {alert['kind']}: {alert['message']}")
     return lines
