@@ -65,6 +65,8 @@ def test_restore_brings_every_scope_back_and_the_worker_carries_on(make_ledger: 
     env = {**new.env, "SPEND_LEDGER_DUCKDB_PATH": str(store)}
     dry = run_cli(["restore", "--dry-run"], env, tmp_path / "dry.log")
     assert "would restore 7 scopes (1 with budgets from 1 budget commands), 31 event ids" in dry, dry
+    past = run_cli(["restore", "--dry-run", "--as-of", "2020-01-01"], env, tmp_path / "past.log")
+    assert "would restore 0 scopes (0 with budgets from 0 budget commands), 0 event ids" in past, past
     names = new.topics.all()
     assert asyncio.run(records_on(new.settings, names)) == 0  # a dry run publishes nothing
     output = run_cli(["restore"], env, tmp_path / "restore.log")

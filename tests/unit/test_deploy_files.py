@@ -496,7 +496,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
 def test_production_note_commands_are_real_cli_commands() -> None:
     calls = cli_calls(PRODUCTION_NOTE)
     paths = {" ".join(assert_real_cli(args)) for args in calls}
-    assert {"project", "replay", "sql", "budgets list"} <= paths
+    assert {"project", "replay", "restore", "sql", "budgets list"} <= paths
 
 
 def test_readme_production_section_commands_are_real() -> None:
