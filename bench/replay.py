@@ -57,7 +57,7 @@ def generate(path: Path, events: int) -> None:
                ['global:*', 'user:user-' || hash(i * 3) % 10000, 'team:team-' || hash(i * 5) % 100,
                 'key:key-' || hash(i * 11) % 1000] || CASE WHEN i % 4 = 0 THEN ['tag:prod'] ELSE [] END,
                100 + hash(i * 13) % 8000, hash(i * 17) % 1500, CASE WHEN i % 3 = 0 THEN 64 ELSE 0 END, 0,
-               0, true, false, NULL, '{{"event_id":"ev-' || i || '"}}', CAST(i % 8 AS INTEGER), i
+               0, true, false, NULL, '{{"event_id":"ev-' || i || '"}}', CAST(i % 8 AS INTEGER), i, NULL
         FROM range({events}) t(i)
         """
     )

@@ -55,19 +55,20 @@ def _id_messages(plan: RestorePlan, partitions: int) -> list[tuple[int, bytes]]:
     """(partition, record) for the plan's event ids: each id on the partition that dedups
     it, oldest first, a record at most ``IDS_BYTES_MAX``; a record's time is its newest id's
     (an id may be kept a little longer than the horizon, never shorter)."""
-    per_partition: dict[int, list[tuple[str, float]]] = {}
+    per_partition: dict[int, list[tuple[str, int, float]]] = {}
     for event_id, seen_at in plan.event_ids:
-        per_partition.setdefault(partition_of(event_id.encode(), partitions), []).append((event_id, seen_at))
+        encoded = event_id.encode()
+        per_partition.setdefault(partition_of(encoded, partitions), []).append((event_id, len(encoded), seen_at))
     records = []
     for partition, ids in sorted(per_partition.items()):
         chunk: list[str] = []
         size, newest = 0, 0.0
-        for event_id, seen_at in ids:
-            if chunk and size + len(event_id) + 3 > IDS_BYTES_MAX:
+        for event_id, length, seen_at in ids:
+            if chunk and size + length + 3 > IDS_BYTES_MAX:  # quotes and a comma: JSON keeps UTF-8 as is
                 records.append((partition, encode_restored_ids(plan.stamp, chunk, newest)))
                 chunk, size = [], 0
             chunk.append(event_id)
-            size += len(event_id) + 3
+            size += length + 3
             newest = max(newest, seen_at)
         if chunk:
             records.append((partition, encode_restored_ids(plan.stamp, chunk, newest)))

@@ -7,7 +7,8 @@ and returns everything the live side needs to carry on as if its log had never b
 - every scope's state in its current window, from the replay with every event at what the
   ledger charged it (so live comes back exactly as it was, not re-priced), its crossings
   already alerted from the replay and the stored alerts (none is alerted again);
-- the event ids inside the dedup horizon (a producer's retry is still a duplicate);
+- the event ids that reached the log inside the dedup horizon (a producer's retry is
+  still a duplicate);
 - the current price book, the rate limits in force and the open admission holds, for their
   compacted topics.
 
@@ -172,14 +173,16 @@ def _changed(model: _Model, fields: set[str], **changes: object) -> _Model:
 def _recent_event_ids(
     connection: duckdb.DuckDBPyConnection, as_of: datetime, horizon_s: int, now: datetime
 ) -> list[tuple[str, float]]:
-    """Ids the live dedup would still hold: every event (priced or not) and adjustment
-    that occurred within the horizon before ``as_of``. The store keeps no arrival time,
-    so an event's ``occurred_at`` stands for when it was seen (never later than now)."""
+    """Ids the live dedup would still hold: every event (priced or not) that reached the
+    log within the horizon before ``as_of`` and occurred by then, and every adjustment
+    of an event that occurred within it. An event's arrival is its message's timestamp
+    (a store written before those were kept has only ``occurred_at``)."""
     since = as_of - timedelta(seconds=horizon_s)
     rows = connection.execute(
         """
-        SELECT id, epoch_us(least(occurred_at, ?::TIMESTAMPTZ)) FROM (
-            SELECT event_id AS id, occurred_at FROM usage_events WHERE occurred_at > ? AND occurred_at <= ?
+        SELECT id, epoch_us(least(seen_at, ?::TIMESTAMPTZ)) FROM (
+            SELECT event_id AS id, coalesce(received_at, occurred_at) AS seen_at FROM usage_events
+            WHERE coalesce(received_at, occurred_at) > ? AND occurred_at <= ?
             UNION ALL
             SELECT entry_id, occurred_at FROM ledger_entries
             WHERE kind = 'adjustment' AND occurred_at > ? AND occurred_at <= ?

@@ -231,7 +231,8 @@ class Projector:
 
     def _usage(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
-        found = usage_rows(record.value, record.partition, source_offset, self.count_tokens)
+        received_at_us = record.timestamp * 1_000 if record.timestamp >= 0 else None
+        found = usage_rows(record.value, record.partition, source_offset, self.count_tokens, received_at_us)
         rows.tables["usage_events"].extend(found)
 
     def _entries(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:

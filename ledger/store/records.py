@@ -48,6 +48,7 @@ USAGE_COLUMNS = (
     "metadata",
     "source_partition",
     "source_offset",
+    "received_at",
 )
 COMMAND_COLUMNS = (
     "command_id",
@@ -127,10 +128,13 @@ class StoreRows:
     entry_batches: list[str] = field(default_factory=list)
 
 
-def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCounter) -> list[tuple[Any, ...]]:
+def usage_rows(
+    value: bytes, partition: int, offset: int, count_tokens: TokenCounter, received_at_us: int | None = None
+) -> list[tuple[Any, ...]]:
     """The valid events of one ``usage`` message, with the token counts they are priced by
-    (counted from their text when they report none, as the worker does). Validated from
-    the bytes in one pass when the whole message is well formed (the common case)."""
+    (counted from their text when they report none, as the worker does) and when the
+    message reached the log. Validated from the bytes in one pass when the whole message
+    is well formed (the common case)."""
     events, _ = decode_usage_message(value)  # adjustments and invalid events: not events
     rows = []
     for event in events:
@@ -161,6 +165,7 @@ def usage_rows(value: bytes, partition: int, offset: int, count_tokens: TokenCou
                 orjson.dumps(event.metadata).decode() if event.metadata else None,
                 partition,
                 offset,
+                received_at_us,
             )
         )
     return rows

@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     PRIMARY KEY (topic, kafka_partition)
 );
 -- Every valid usage event, once per event_id (the first copy read wins), priced or not:
--- its validated fields and the token counts it is priced by (message text is not kept).
+-- its validated fields and the token counts it is priced by (message text is not kept),
+-- and when its message reached the log (the record's timestamp: what restore takes for
+-- when the worker saw it; NULL in stores written before it was kept).
 CREATE TABLE IF NOT EXISTS usage_events (
     event_id VARCHAR PRIMARY KEY,
     occurred_at TIMESTAMPTZ NOT NULL,
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS usage_events (
     reported_cost_nanos BIGINT,
     metadata JSON,
     source_partition INTEGER NOT NULL,
-    source_offset BIGINT NOT NULL
+    source_offset BIGINT NOT NULL,
+    received_at TIMESTAMPTZ
 );
 CREATE TABLE IF NOT EXISTS ledger_entries (
     entry_id VARCHAR PRIMARY KEY,
@@ -159,6 +162,7 @@ CREATE TABLE IF NOT EXISTS rate_limit_records (
 _ADDED_COLUMNS = (
     ("consumer_offsets", "offset_base", "BIGINT NOT NULL DEFAULT 0"),
     ("consumer_offsets", "last_record", "VARCHAR"),
+    ("usage_events", "received_at", "TIMESTAMPTZ"),
 )
 
 STORE_TABLES = (

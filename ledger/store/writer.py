@@ -42,6 +42,7 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
             ("metadata", pa.string()),
             ("source_partition", pa.int32()),
             ("source_offset", pa.int64()),
+            ("received_at", _UTC),
         ]
     ),
     "budget_commands": pa.schema(

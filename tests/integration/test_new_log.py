@@ -22,7 +22,7 @@ from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.service import current_book
 from ledger.store.positions import NewLog, reconcile_log
 from ledger.store.projector import ProjectorStats, input_topics
-from ledger.store.schema import SCHEMA_VERSION, open_store
+from ledger.store.schema import SCHEMA_VERSION, TABLES_SQL, open_store
 from ledger.store.writer import StoredPosition, stored_positions
 from tests.integration.builders import usage
 from tests.integration.conftest import Ledger
@@ -279,10 +279,14 @@ def test_a_store_written_before_fingerprints_opens_with_its_positions(tmp_path: 
             " next_offset BIGINT NOT NULL, PRIMARY KEY (topic, kafka_partition))"
         )
         connection.execute("INSERT INTO consumer_offsets VALUES ('usage', 0, 42)")
+        usage_table = TABLES_SQL.split("CREATE TABLE IF NOT EXISTS usage_events", 1)[1].split(";", 1)[0]
+        connection.execute("CREATE TABLE usage_events" + usage_table.replace(",\n    received_at TIMESTAMPTZ", ""))
 
     connection = open_store(store)
     try:
         assert stored_positions(connection) == {("usage", 0): StoredPosition(42, 0, None)}
+        columns = [row[0] for row in connection.execute("DESCRIBE usage_events").fetchall()]
+        assert columns[-2:] == ["source_offset", "received_at"]  # added, last, as the writer expects
         version = connection.execute("SELECT value FROM store_meta WHERE name = 'schema_version'").fetchone()
         assert version == (str(SCHEMA_VERSION),)
     finally:

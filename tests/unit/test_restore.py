@@ -18,7 +18,7 @@ from ledger.domain.fold import Charge, apply_command
 from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch, price_event
 from ledger.domain.snapshots import RESTORE_SOURCE, ScopeInput, empty_snapshot, fold_inputs
 from ledger.pricebooks.genai import genai_prices_book
-from ledger.restore.plan import plan_restore, store_has_history
+from ledger.restore.plan import RestorePlan, plan_restore, store_has_history
 from ledger.settings import Settings
 from ledger.store.records import StoreRows, alert_row, command_row, rate_limit_row, usage_rows
 from ledger.store.schema import open_store
@@ -96,9 +96,13 @@ def _usage(event_id: str, occurred_at: datetime, prompt: int = 100_000) -> Usage
     )
 
 
-def _store(path: Path, events: list[UsageEvent], entries: list[LedgerEntry], rows: StoreRows) -> None:
+def _store(
+    path: Path, events: list[UsageEvent], entries: list[LedgerEntry], rows: StoreRows, received: dict[str, datetime]
+) -> None:
     for offset, event in enumerate(events):
-        rows.tables["usage_events"].extend(usage_rows(event.model_dump_json().encode(), 0, offset, len))
+        at = received.get(event.event_id)
+        received_us = None if at is None else int(at.timestamp() * 1_000_000)
+        rows.tables["usage_events"].extend(usage_rows(event.model_dump_json().encode(), 0, offset, len, received_us))
     rows.entry_batches.append(LedgerEntryBatch.encode("batch-1", entries).decode())
     connection = open_store(path)
     try:
@@ -113,7 +117,8 @@ def test_the_plan_is_what_live_held(tmp_path: Path) -> None:
     window_start = issued + timedelta(days=9)  # 1d windows from the command's time: the last began an hour ago
     events = [_usage(f"e{n}", NOW - timedelta(minutes=n)) for n in range(3)]  # $0.25 each
     old = _usage("old", NOW - timedelta(days=8))  # before the window and the dedup horizon
-    entries = [price_event(event, book) for event in [*events, old]]
+    late = _usage("late", NOW - timedelta(days=8))  # occurred as long ago, but published an hour ago
+    entries = [price_event(event, book) for event in [*events, old, late]]
     refund = LedgerAdjustment(
         adjustment_id="adj-1",
         event_id="e0",
@@ -147,7 +152,7 @@ def test_the_plan_is_what_live_held(tmp_path: Path) -> None:
     rows.tables["rate_limit_records"].append(rate_limit_row(orjson.dumps({**limit, "tpm": 1_000}), 0, 0))
     rows.tables["rate_limit_records"].append(rate_limit_row(orjson.dumps({**limit, "record_id": "r2", "tpm": 9}), 0, 1))
     path = tmp_path / "store.duckdb"
-    _store(path, [*events, old], entries, rows)
+    _store(path, [*events, old, late], entries, rows, {"late": NOW - timedelta(hours=1)})
 
     connection = open_store(path, read_only=True)
     try:
@@ -158,7 +163,7 @@ def test_the_plan_is_what_live_held(tmp_path: Path) -> None:
 
     team = plan.states["team:a"]
     assert team.total_spend_nanos == sum(entry.cost_nanos for entry in entries)
-    assert team.entry_count == 5  # four events and the adjustment, as live counts them
+    assert team.entry_count == 6  # five events and the adjustment, as live counts them
     (limit_state,) = team.limits
     assert limit_state.spend_nanos == 550_000_000  # what was charged in today's window, refund included
     assert limit_state.window_start == window_start
@@ -167,7 +172,9 @@ def test_the_plan_is_what_live_held(tmp_path: Path) -> None:
         ("exceeded", 600_000_000),
         ("recovered", 600_000_000),
     }
-    assert [event_id for event_id, _ in plan.event_ids] == ["e2", "e1", "adj-1", "e0"]  # oldest first
+    # Seen within the horizon, oldest first: the late one by when it reached the log.
+    assert [event_id for event_id, _ in plan.event_ids] == ["late", "e2", "e1", "adj-1", "e0"]
+    assert plan.event_ids[0][1] == (NOW - timedelta(hours=1)).timestamp()
     assert all(seen <= NOW.timestamp() + 1 for _, seen in plan.event_ids)
     assert plan.commands == 1
     assert plan.price_book is None  # none was published: the bundled book stays
@@ -180,3 +187,23 @@ def test_an_empty_store_has_nothing_to_restore(tmp_path: Path) -> None:
         assert not store_has_history(connection)
     finally:
         connection.close()
+
+
+def test_restored_ids_go_to_the_partition_that_dedups_them_in_records_under_the_size_limit() -> None:
+    from streams.codec import decode_restored_ids, partition_of
+    from streams.restore import IDS_BYTES_MAX, _id_messages
+
+    ids = [(f"évènement-{n:06d}-" + "x" * 100, 1_000.0 + n) for n in range(40_000)]  # 2 bytes per é
+    plan = RestorePlan(stamp=7, as_of=NOW, states={}, commands=0, events=0, event_ids=ids, price_book=None)
+    records = _id_messages(plan, 4)
+    seen = dict(ids)
+    placed: dict[str, int] = {}
+    for partition, value in records:
+        assert len(value) <= IDS_BYTES_MAX + 100
+        decoded = decode_restored_ids(value)
+        assert decoded is not None
+        chunk, seen_at = decoded
+        assert seen_at == max(seen[event_id] for event_id in chunk)  # kept at least as long
+        placed.update(dict.fromkeys(chunk, partition))
+    assert len(records) > 4  # the limit split them
+    assert placed == {event_id: partition_of(event_id.encode(), 4) for event_id, _ in ids}

@@ -36,13 +36,13 @@ def test_usage_rows_keep_valid_events_with_their_token_counts_and_skip_the_rest(
             "not an object",
         ],
     }  # fmt: skip
-    rows = usage_rows(orjson.dumps(batch), partition=2, offset=40, count_tokens=words)
+    rows = usage_rows(orjson.dumps(batch), partition=2, offset=40, count_tokens=words, received_at_us=1_000)
     assert [row[0] for row in rows] == ["e1", "e2"]  # invalid, adjustment and non-object skipped
     e1, e2 = rows
     assert e1[8:11] == (["p"], ["global:*", "user:u", "tag:p"], 10)
     assert (e1[15], e1[16], e1[18]) == (True, False, None)
     assert (e2[10], e2[11], e2[15], e2[16]) == (3, 0, False, True)  # counted from its text
-    assert (e1[-2], e1[-1]) == (2, 40)
+    assert (e1[-3], e1[-2], e1[-1]) == (2, 40, 1_000)
 
 
 def test_a_dead_letter_has_the_same_id_each_time_the_worker_writes_it() -> None:
