@@ -131,9 +131,10 @@ def _restore_if_log_lost(stack: DevStack, settings: Settings) -> Callable[[], No
     from aiokafka.errors import KafkaError
     from rich.console import Console
 
-    from ledger.cli.restore import RestoreOutcome, live_records, plan_and_publish, progress_bar, wait_for_worker
+    from ledger.cli.restore import live_records, plan_and_publish, progress_bar, wait_for_worker
     from ledger.devstack import DevStackError
     from ledger.restore.plan import store_has_history
+    from ledger.restore.run import RestoreOutcome
     from ledger.store.schema import StoreUnavailable, open_store
 
     if not settings.duckdb_path.exists():

@@ -5,8 +5,6 @@ by itself when it finds an empty broker and a store with history."""
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,30 +18,8 @@ if TYPE_CHECKING:
     import duckdb
 
     from ledger.restore.plan import RestorePlan
+    from ledger.restore.run import RestoreOutcome
     from ledger.settings import Settings
-
-WAIT_TIMEOUT_S = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreOutcome:
-    """What a restore did, for its one-line summary."""
-
-    plan: RestorePlan
-    records: int  # published (0 for a dry run)
-    seconds: float
-    dry_run: bool = False
-
-    def summary(self) -> str:
-        plan = self.plan
-        verb = "would restore" if self.dry_run else "restored"
-        book = "the bundled price book" if plan.price_book is None else f"price book {plan.price_book.book_id}"
-        return (
-            f"{verb} {len(plan.states):,} scopes ({plan.limited_scopes:,} with budgets from {plan.commands:,} budget "
-            f"commands), {len(plan.event_ids):,} event ids, {book}, {len(plan.rate_limits):,} rate limits and "
-            f"{len(plan.holds):,} open holds as of {plan.as_of.isoformat(timespec='seconds')}"
-            f" ({plan.events:,} stored events) in {self.seconds:.1f} s"
-        )
 
 
 def progress_bar(out: Console) -> Progress:
@@ -66,44 +42,37 @@ def plan_and_publish(
     as_of: datetime | None = None,
     dry_run: bool = False,
 ) -> RestoreOutcome:
-    """Plan a restore from the store and (unless ``dry_run``) publish it, showing each
-    stage on ``progress``. Does not wait for the worker (see ``wait_for_worker``)."""
-    from ledger.pricebooks.genai import genai_prices_book
-    from ledger.restore.plan import PLAN_STAGES, plan_restore
+    """``restore_from_store`` with each stage on ``progress``."""
+    from ledger.restore.plan import PLAN_STAGES
+    from ledger.restore.run import restore_from_store
 
-    started = time.monotonic()
-    task = progress.add_task("restore: reading the store", total=len(PLAN_STAGES))
+    planning = progress.add_task("restore: reading the store", total=len(PLAN_STAGES))
+    publishing = progress.add_task("restore: publishing", total=None, visible=False)
 
     def on_stage(stage: str) -> None:
-        progress.update(task, description=f"restore: {stage}", completed=PLAN_STAGES.index(stage))
-
-    plan = plan_restore(connection, settings, genai_prices_book, as_of=as_of, on_stage=on_stage)
-    progress.update(task, completed=len(PLAN_STAGES))
-    if dry_run:
-        return RestoreOutcome(plan, 0, time.monotonic() - started, dry_run=True)
-    from streams.restore import publish_restore
-
-    publishing = progress.add_task("restore: publishing", total=None)
+        progress.update(planning, description=f"restore: {stage}", completed=PLAN_STAGES.index(stage))
 
     def on_published(done: int, total: int) -> None:
-        progress.update(publishing, completed=done, total=total)
+        progress.update(planning, completed=len(PLAN_STAGES))
+        progress.update(publishing, completed=done, total=total, visible=True)
 
-    records = asyncio.run(publish_restore(settings, plan, on_published))
-    return RestoreOutcome(plan, records.total, time.monotonic() - started)
+    return asyncio.run(
+        restore_from_store(
+            settings, connection, as_of=as_of, dry_run=dry_run, on_stage=on_stage, on_published=on_published
+        )
+    )
 
 
-def wait_for_worker(
-    settings: Settings, plan: RestorePlan, progress: Progress, timeout_s: float = WAIT_TIMEOUT_S
-) -> None:
+def wait_for_worker(settings: Settings, plan: RestorePlan, progress: Progress) -> None:
     """Block until the worker has put every restored scope in place."""
-    from streams.restore import wait_restored
+    from ledger.restore.run import wait_applied
 
     task = progress.add_task("restore: the worker applies it", total=len(plan.states))
 
     def on_applied(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
 
-    asyncio.run(wait_restored(settings, plan, timeout_s, on_applied))
+    asyncio.run(wait_applied(settings, plan, on_applied=on_applied))
 
 
 def live_records(settings: Settings) -> int:
