@@ -12,6 +12,9 @@ Three hops, each owning what it must see whole:
    ``budget`` table, whose changelog is the compacted ``budget-state`` topic), and sends
    alerts. A timer rolls windows over when no usage arrives.
 
+A restore (``streams.restore``) writes into both internal topics: event ids for the dedup
+index of the partition that owns them, and each scope's state for the fold to put in place.
+
 Delivery is at least once. Re-delivered input is harmless: the dedup index treats a
 message it has seen as new only for that same message (its outputs are rebuilt the same),
 and each snapshot records the last input offset per source (``ledger.domain.snapshots``).

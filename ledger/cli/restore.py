@@ -114,7 +114,8 @@ def restore(
     try:
         connection = open_store(settings.duckdb_path, read_only=True)
     except StoreUnavailable as exc:
-        raise fail(f"{exc}\nrestore reads the store: stop the api first (deploy/PRODUCTION.md, Restore)") from exc
+        why = "restore reads the store: stop the api first (deploy/PRODUCTION.md, 'Retention and restore')"
+        raise fail(f"{exc}\n{why}") from exc
     try:
         if not store_has_history(connection):
             raise fail(f"the store {settings.duckdb_path} holds nothing to restore")
@@ -124,7 +125,7 @@ def restore(
                 raise fail(
                     f"the broker already holds {held:,} records on the ledger's topics: restore replaces each "
                     "scope's live state with the store's, so run it on a new, empty log, or with the workers "
-                    "stopped and the store caught up (deploy/PRODUCTION.md, Restore), with --force"
+                    "stopped and the store caught up (deploy/PRODUCTION.md, 'Retention and restore'), with --force"
                 )
         with progress_bar(console) as progress:
             outcome = plan_and_publish(settings, connection, progress, as_of=moment, dry_run=dry_run)
