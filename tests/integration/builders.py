@@ -3,7 +3,10 @@ the live budget state."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -103,3 +106,17 @@ def in_one_minute() -> None:
 def unique(name: str) -> str:
     """``name`` with a random suffix: a scope or model no other test touches."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def run_bench(main: Callable[[list[str]], dict[str, Any]], argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """A benchmark's ``main`` run in this process: what it printed and what it returned."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        returned = main(argv)
+    return printed.getvalue(), returned
+
+
+def last_json_line(printed: str) -> dict[str, Any]:
+    """A benchmark's result: the last line it printed, as JSON."""
+    result: dict[str, Any] = json.loads(printed.strip().splitlines()[-1])
+    return result

@@ -4,14 +4,12 @@ counts that add up and no overspend. No duration is asserted: machines differ.""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from typing import Any
 
 import pytest
 
 from bench.admit import main
+from tests.integration.builders import last_json_line, run_bench
 
 TINY = ["--rate", "50", "--seconds", "2", "--warmup-seconds", "0.5", "--keys", "50", "--teams", "5"]
 TINY += ["--models", "3", "--partitions", "2"]
@@ -23,17 +21,14 @@ COUNT_FIELDS = ("admits", "admitted", "refused_budget", "refused_rate", "release
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One tiny run of the benchmark: what it printed and what it returned."""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        returned = main([*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-admit"))])
-    return printed.getvalue(), returned
+    return run_bench(main, [*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-admit"))])
 
 
 @pytest.mark.timeout(600)
 def test_last_line_is_the_result_as_json(tiny_run: tuple[str, dict[str, Any]]) -> None:
     printed, returned = tiny_run
 
-    result = json.loads(printed.strip().splitlines()[-1])
+    result = last_json_line(printed)
     assert result == returned
     assert result["bench"] == "admit"
     assert (result["rate_rps"], result["seconds"]) == (50.0, 2.0)

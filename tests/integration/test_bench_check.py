@@ -3,14 +3,12 @@ and the last line is the JSON the lead compares. No duration is asserted: machin
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from typing import Any
 
 import pytest
 
 from bench.check import main
+from tests.integration.builders import last_json_line, run_bench
 
 TINY = ["--rate", "50", "--seconds", "2", "--warmup-seconds", "0.5", "--teams", "20", "--users", "40"]
 TINY += ["--keys", "100", "--usage-events", "200", "--over-share", "0.3", "--partitions", "2"]
@@ -21,17 +19,14 @@ LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "healthz_p5
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One tiny run of the benchmark: what it printed and what it returned."""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        returned = main([*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-check"))])
-    return printed.getvalue(), returned
+    return run_bench(main, [*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-check"))])
 
 
 @pytest.mark.timeout(600)
 def test_last_line_is_the_result_as_json(tiny_run: tuple[str, dict[str, Any]]) -> None:
     printed, returned = tiny_run
 
-    result = json.loads(printed.strip().splitlines()[-1])
+    result = last_json_line(printed)
     assert result == returned
     assert result["bench"] == "check"
     assert (result["rate_rps"], result["seconds"]) == (50.0, 2.0)

@@ -5,14 +5,12 @@ plan and no retried event charged again. No duration is asserted: machines diffe
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from typing import Any
 
 import pytest
 
 from bench.restore import main
+from tests.integration.builders import last_json_line, run_bench
 
 EVENTS = 3_000
 TINY = ["--events", str(EVENTS), "--live-events", "500", "--partitions", "2"]
@@ -27,17 +25,14 @@ FIELDS = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One tiny run of the benchmark: what it printed and what it returned."""
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        returned = main([*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-restore"))])
-    return printed.getvalue(), returned
+    return run_bench(main, [*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-restore"))])
 
 
 @pytest.mark.timeout(600)
 def test_last_line_is_the_result_as_json(tiny_run: tuple[str, dict[str, Any]]) -> None:
     printed, returned = tiny_run
 
-    result = json.loads(printed.strip().splitlines()[-1])
+    result = last_json_line(printed)
     assert result == returned
     assert set(result) == FIELDS
     assert result["bench"] == "restore"
