@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ledger.api import admission, budgets, history, litellm_routes
 from ledger.api.admission import AdmitBody
 from ledger.api.auth import AuthError
-from ledger.api.deps import CLIENT, ApiError, Services, error_response, now
+from ledger.api.deps import CLIENT, ApiError, Services, error_response, now, single_valued_query
 from ledger.api.ingest import BODY_BYTES_MAX, BodyError, parse_usage_body, wire_events
 from ledger.api.metrics import CONTENT_TYPE, admission_metrics, budget_metrics, counter_metrics, render
 from ledger.api.schemas import ErrorView, UsageAccepted
@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Event-sourced spend ledger for LLM usage: ingest, budgets, check, spend, replay.",
         lifespan=lifespan,
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.services = api
     _add_error_handlers(app)

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from ledger.api.admission import set_key_priority
 from ledger.api.auth import authorize
-from ledger.api.deps import ADMIN, ApiError, Services, now
+from ledger.api.deps import ADMIN, ApiError, Services, now, repeated_names, repeated_query_error
 from ledger.api.schemas import (
     BudgetRequest,
     BudgetView,
@@ -222,6 +222,10 @@ async def check_call(request: Request) -> Response:
         raise ApiError(
             422, f"unknown query parameters: {sorted(unknown)}; expected {sorted(CHECK_QUERY_NAMES)}", "invalid_request"
         )
+    if len(query) != len(query.multi_items()):
+        repeated = repeated_names(query.multi_items(), CHECK_QUERY_NAMES - {"tag"})
+        if repeated:
+            raise repeated_query_error(repeated)
     values = {name: query.get(name) for name in ("user", "team", "key", "end_user", "model")}
     too_long = [name for name, value in values.items() if value is not None and len(value) > CHECK_VALUE_CHARS_MAX]
     if too_long:

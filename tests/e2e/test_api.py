@@ -197,3 +197,21 @@ def test_docs_and_openapi_load(stack_url: str):
     for path in ("/v1/usage", "/v1/check", "/v1/budgets/{kind}/{scope_id}", "/get_budget", "/set_budget", "/metrics"):
         assert path in spec["paths"]
     assert "UsageEvent" in spec["components"]["schemas"]
+
+
+def test_a_query_parameter_that_takes_one_value_given_twice_is_a_field_error(admin: httpx.Client):
+    # Frameworks keep the last value silently; ``limit=5&limit=x`` must not pass as either.
+    for path, params in (
+        ("/v1/admissions", [("limit", "5"), ("limit", "30.0")]),
+        ("/v1/spend", [("group_by", "team"), ("from", "2026-01-01"), ("from", "2026-02-01")]),
+        ("/v1/check", [("user", "u-1"), ("team", "t-1"), ("user", "u-2")]),
+    ):
+        answer = admin.get(path, params=params)
+        assert answer.status_code == 422, (path, answer.text)
+        (field,) = answer.json()["error"]["fields"]
+        assert field["loc"] == ["query", params[-1][0]], (path, field)
+        assert field["type"] == "repeated"
+    # Parameters that take several values may be repeated; unknown ones are ignored as before.
+    assert admin.get("/v1/spend", params=[("group_by", "team"), ("group_by", "model")]).status_code == 200
+    assert admin.get("/v1/check", params=[("user", "u-1"), ("tag", "a"), ("tag", "b")]).status_code == 200
+    assert admin.get("/v1/alerts", params=[("x", "1"), ("x", "2")]).status_code == 200

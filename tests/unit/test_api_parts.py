@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from ledger.api.auth import AuthError, Keys, authorize
+from ledger.api.deps import repeated_names, repeated_query_error
 from ledger.api.ingest import BODY_BYTES_MAX, BodyError, parse_usage_body, wire_events
 from ledger.api.metrics import budget_metrics, counter_metrics, render
 from ledger.api.schemas import BudgetRequest
@@ -223,3 +224,13 @@ def test_api_refuses_a_non_loopback_address_without_a_master_key(monkeypatch):
     result = CliRunner().invoke(app, ["api", "--host", "0.0.0.0", "--port", "0"])
     assert result.exit_code == 2
     assert "without a master key" in " ".join(result.output.split())
+
+
+def test_a_parameter_that_takes_one_value_is_repeated_only_when_given_twice():
+    items = [("user", "a"), ("tag", "x"), ("tag", "y"), ("limit", "5"), ("user", "b"), ("limit", "x"), ("user", "c")]
+    assert repeated_names(items, {"user", "limit", "team"}) == ["user", "limit"]
+    assert repeated_names(items, {"team"}) == []
+    error = repeated_query_error(["limit"])
+    assert error.errors() == [
+        {"loc": ("query", "limit"), "msg": "takes one value; it was given more than once", "type": "repeated"}
+    ]
