@@ -153,18 +153,31 @@ def start_new_logs(connection: duckdb.DuckDBPyConnection, found: list[NewLog]) -
     except BaseException:
         connection.rollback()
         raise
+    # One line per topic and reason (a new dev broker makes every partition new), each
+    # partition's figures at debug.
+    by_topic: dict[tuple[str, NewLogReason], list[NewLog]] = {}
     for new in found:
-        why = (
-            f"it ends at {new.end_offset}, before the stored position {new.old_next_offset}"
-            if new.reason == "ends_before_position"
-            else f"its record at {new.old_next_offset - 1} is not the one the store read there"
-        )
-        log.warning(
-            "%s/%d is a new log (%s): reading it from its start; its stored offsets continue from %d",
+        by_topic.setdefault((new.topic, new.reason), []).append(new)
+        log.debug(
+            "%s/%d: new log ending at %d, stored position %d; its stored offsets continue from %d",
             new.topic,
             new.partition,
-            why,
+            new.end_offset,
+            new.old_next_offset,
             new.offset_base,
+        )
+    for (topic, reason), news in by_topic.items():
+        why = (
+            "the log ends before the stored position"
+            if reason == "ends_before_position"
+            else "the record before the stored position is not the one the store read there"
+        )
+        partitions = ",".join(str(new.partition) for new in sorted(news, key=lambda new: new.partition))
+        log.warning(
+            "%s %s a new log (%s): read from the start; stored offsets continue after the old log's",
+            topic,
+            f"partitions {partitions} are" if len(news) > 1 else f"partition {partitions} is",
+            why,
         )
 
 

@@ -5,6 +5,7 @@ from the log they read, read it from its start, and keep stored offsets growing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,7 +121,7 @@ def positions(store: Path, topic: str) -> dict[int, StoredPosition]:
 
 
 def test_a_shorter_new_log_is_read_whole_and_its_offsets_continue_from_the_old_end(
-    own_broker: RestartableBroker, ledger: Ledger, tmp_path: Path
+    own_broker: RestartableBroker, ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = tmp_path / "ledger.duckdb"
     send_usage(ledger, 0, [f"one-{n}" for n in range(6)])
@@ -132,12 +133,22 @@ def test_a_shorter_new_log_is_read_whole_and_its_offsets_continue_from_the_old_e
     restart(own_broker, ledger)
     send_usage(ledger, 0, ["one-0", "two-0"])  # a copy of a stored event (as a restore sends), a new one
     send_usage(ledger, 1, ["two-p1-0"])
-    found = reconcile(ledger, store)
+    with caplog.at_level(logging.WARNING, logger="ledger.store.positions"):
+        found = reconcile(ledger, store)
     assert {(new.topic, new.partition, new.old_next_offset, new.offset_base, new.reason) for new in found} == {
         (ledger.topics.usage, 0, 6, 6, "ends_before_position"),
         (ledger.topics.usage, 1, 3, 3, "ends_before_position"),
         (ledger.topics.prices, 0, 1, 1, "ends_before_position"),
     }
+    said = [record.getMessage() for record in caplog.records if "a new log" in record.getMessage()]
+    assert sorted(said) == sorted(  # one line per topic, however many partitions
+        [
+            f"{ledger.topics.usage} partitions 0,1 are a new log (the log ends before the stored position): read "
+            "from the start; stored offsets continue after the old log's",
+            f"{ledger.topics.prices} partition 0 is a new log (the log ends before the stored position): read "
+            "from the start; stored offsets continue after the old log's",
+        ]
+    )
     stats = project(ledger, store)
 
     assert stats.messages == 3
