@@ -57,18 +57,20 @@ def _id_messages(plan: RestorePlan, partitions: int) -> list[tuple[int, bytes]]:
     (an id may be kept a little longer than the horizon, never shorter)."""
     per_partition: dict[int, list[tuple[str, int, float]]] = {}
     for event_id, seen_at in plan.event_ids:
-        encoded = event_id.encode()
-        per_partition.setdefault(partition_of(encoded, partitions), []).append((event_id, len(encoded), seen_at))
+        # Its size in the record: as JSON (escapes included) and a comma.
+        size_in_record = len(orjson.dumps(event_id)) + 1
+        partition = partition_of(event_id.encode(), partitions)
+        per_partition.setdefault(partition, []).append((event_id, size_in_record, seen_at))
     records = []
     for partition, ids in sorted(per_partition.items()):
         chunk: list[str] = []
         size, newest = 0, 0.0
         for event_id, length, seen_at in ids:
-            if chunk and size + length + 3 > IDS_BYTES_MAX:  # quotes and a comma: JSON keeps UTF-8 as is
+            if chunk and size + length > IDS_BYTES_MAX:
                 records.append((partition, encode_restored_ids(plan.stamp, chunk, newest)))
                 chunk, size = [], 0
             chunk.append(event_id)
-            size += length + 3
+            size += length
             newest = max(newest, seen_at)
         if chunk:
             records.append((partition, encode_restored_ids(plan.stamp, chunk, newest)))

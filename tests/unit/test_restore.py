@@ -193,7 +193,9 @@ def test_restored_ids_go_to_the_partition_that_dedups_them_in_records_under_the_
     from streams.codec import decode_restored_ids, partition_of
     from streams.restore import IDS_BYTES_MAX, _id_messages
 
-    ids = [(f"évènement-{n:06d}-" + "x" * 100, 1_000.0 + n) for n in range(40_000)]  # 2 bytes per é
+    # 2 bytes per é in UTF-8; a quote or backslash is 2 bytes in JSON
+    ids = [(f"évènement-{n:06d}-" + "x" * 100, 1_000.0 + n) for n in range(40_000)]
+    ids += [(f"quoted-{n:06d}-" + '"\\' * 90, 50_000.0 + n) for n in range(20_000)]
     plan = RestorePlan(stamp=7, as_of=NOW, states={}, commands=0, events=0, event_ids=ids, price_book=None)
     records = _id_messages(plan, 4)
     seen = dict(ids)
