@@ -62,7 +62,7 @@ def _takes_many(annotation: object) -> bool:
         return _takes_many(get_args(annotation)[0])
     if origin is Union or origin is UnionType:
         return any(_takes_many(arg) for arg in get_args(annotation))
-    return isinstance(origin, type) and issubclass(origin, (Sequence, set, frozenset)) and origin is not str
+    return isinstance(origin, type) and issubclass(origin, (Sequence, set, frozenset))  # str has no origin
 
 
 def _single_parameters(dependant: Dependant) -> set[str]:
