@@ -16,7 +16,8 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from fastapi.openapi.models import Example
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from ledger.api.auth import authorize
 from ledger.api.deps import ADMIN, CLIENT, ApiError, Services, now
@@ -479,16 +480,38 @@ class ReservationBody(BaseModel):
     )
 
 
+def _reservation_form(body: Any) -> str:
+    """``wrapped`` for ``{"priority_reservation": {...} | null}``; any other body is
+    LiteLLM's bare mapping (where a priority may even be named ``priority_reservation``)."""
+    wrapped = isinstance(body, dict) and set(body) == {"priority_reservation"}
+    return "wrapped" if wrapped and isinstance(body["priority_reservation"], dict | None) else "litellm"
+
+
+ReservationRequest = Annotated[
+    Annotated[Reservation, Tag("litellm")] | Annotated[ReservationBody, Tag("wrapped")],
+    Discriminator(_reservation_form),
+]
+RESERVATION_EXAMPLES: dict[str, Example] = {
+    "litellm": {"summary": "LiteLLM's mapping: priority to fraction", "value": {"dev": 0, "prod": 1}},
+    "wrapped": {"summary": "the same, wrapped", "value": {"priority_reservation": {"dev": 0.25, "prod": 0.75}}},
+    "clear": {"summary": "back to the api's setting", "value": {"priority_reservation": None}},
+}
+
+
 @router.put(
     "/v1/priority_reservation",
     dependencies=[ADMIN],
     responses={202: {"description": "published, not applied yet"}, 422: {"model": ErrorView}},
     summary="Set the priority reservation",
 )
-async def put_reservation(api: Services, body: Annotated[ReservationBody, Body()]) -> Response:
-    """The fraction of every model's TPM/RPM that each priority's keys share."""
+async def put_reservation(
+    api: Services, body: Annotated[ReservationRequest, Body(openapi_examples=RESERVATION_EXAMPLES)]
+) -> Response:
+    """The fraction of every model's TPM/RPM that each priority's keys share: LiteLLM's
+    ``{"dev": 0, "prod": 1}`` as it is, or wrapped as ``{"priority_reservation": ...}``
+    (``null`` there goes back to the setting)."""
     rates = api.admission.book.rates
-    wanted = body.priority_reservation
+    wanted = body.priority_reservation if isinstance(body, ReservationBody) else body
     record = _record(kind="priority_reservation", reservation=wanted)
 
     def applied() -> bool:

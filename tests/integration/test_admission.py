@@ -106,7 +106,7 @@ def test_litellm_walkthrough_sixty_tpm_two_keys(stack: tuple[Ledger, ApiProcess]
 def test_priority_reservation_refuses_dev_and_admits_prod(stack: tuple[Ledger, ApiProcess]) -> None:
     _, api = stack
     model = new_id("priority-model")
-    put(api, "/v1/priority_reservation", {"priority_reservation": {"dev": 0, "prod": 1}})
+    put(api, "/v1/priority_reservation", {"dev": 0, "prod": 1})  # LiteLLM's own shape
     put(api, f"/v1/models/{model}/limits", {"rpm": 100})
     dev_key = new_id("dev-key")
     put(api, f"/v1/budgets/key/{dev_key}", {"priority": "dev"})  # the key's own priority
@@ -122,6 +122,28 @@ def test_priority_reservation_refuses_dev_and_admits_prod(stack: tuple[Ledger, A
     listed = httpx.get(f"{api.url}/v1/models/limits", headers=AUTH).json()
     assert listed["priority_reservation"] == {"dev": 0.0, "prod": 1.0}
     assert listed["key_priorities"][dev_key] == "dev"
+
+
+def test_priority_reservation_takes_litellm_mapping_or_wrapped_and_names_a_bad_field(
+    stack: tuple[Ledger, ApiProcess],
+) -> None:
+    _, api = stack
+    try:
+        bare = put(api, "/v1/priority_reservation", {"dev": "0.25", "prod": 0.75})
+        assert bare.json()["priority_reservation"] == {"dev": 0.25, "prod": 0.75}
+        wrapped = put(api, "/v1/priority_reservation", {"priority_reservation": {"batch": 0, "live": 1}})
+        assert wrapped.json()["priority_reservation"] == {"batch": 0.0, "live": 1.0}
+        for body, field in (({"dev": 2}, "dev"), ({"priority_reservation": {"dev": -1}}, "dev")):
+            refused = httpx.put(f"{api.url}/v1/priority_reservation", json=body, headers=AUTH, timeout=TIMEOUT_S)
+            assert refused.status_code == 422, refused.text
+            assert field in refused.json()["error"]["message"]
+            assert "Extra inputs" not in refused.json()["error"]["message"]
+        spec = httpx.get(f"{api.url}/openapi.json", timeout=TIMEOUT_S).json()
+        body_spec = spec["paths"]["/v1/priority_reservation"]["put"]["requestBody"]["content"]["application/json"]
+        assert body_spec["examples"]["litellm"]["value"] == {"dev": 0, "prod": 1}
+    finally:
+        put(api, "/v1/priority_reservation", {"priority_reservation": None})
+    assert httpx.get(f"{api.url}/v1/priority_reservation", headers=AUTH).json()["priority_reservation"] == {}
 
 
 def test_at_saturation_a_key_over_its_share_is_refused_and_a_new_key_admitted(
