@@ -6,6 +6,7 @@ continues the totals to the nano."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -22,7 +23,7 @@ from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import price_event
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.tokenizer import count_tokens
-from tests.e2e.conftest import DevRun
+from tests.e2e.conftest import DevRun, alive
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -200,3 +201,48 @@ def test_a_restarted_dev_stack_answers_as_before_and_carries_on(tmp_path: Path, 
     finally:
         ledger.http.close()
         assert run.stop(signal.SIGTERM) == 0, run.stdout()
+
+
+KILLED_RESTARTS = 3
+
+
+def test_dev_killed_outright_starts_again_at_once_on_the_same_ports_and_restores(
+    start_dev: Callable[..., DevRun],
+) -> None:
+    # As a closed terminal or `kill -9` leaves it, then `spend-ledger dev` again in the same
+    # folder as soon as the killed one is reaped: its broker's port, its api's port and its
+    # store are free again, nothing of it is left running, and live state comes back.
+    env = {"SPEND_LEDGER_MASTER_KEY": MASTER_KEY}
+    run = start_dev(env=env)
+    run.wait_ready()
+    ledger = Ledger(run)
+    try:
+        answer = ledger.http.put(f"/v1/budgets/team/{DAILY_TEAM}", json={"max_budget": "1.00", "budget_duration": "1d"})
+        assert answer.status_code == 200, answer.text
+        events = [_event(f"killed-{n}") for n in range(2)]  # $0.45 each: under the $1 budget
+        assert ledger.http.post("/v1/usage", json={"events": events}).status_code == 202
+        charged = sum(_cost(event) for event in events)
+        _until(lambda: ledger.total(f"team:{DAILY_TEAM}") == charged, "the worker to charge the events")
+        _until(lambda: ledger.differences() == 0, "the store to hold what live state holds")
+        before = ledger.answers()
+    finally:
+        ledger.http.close()
+
+    for restart in range(1, KILLED_RESTARTS + 1):
+        killed = run.started_pids()
+        os.killpg(run.pid, signal.SIGKILL)  # the dev process's group: it alone, its children have their own
+        run.process.wait()
+        run = start_dev(env=env, api_port=run.api_port, broker_port=run.broker_port)
+        run.wait_ready()
+        ledger = Ledger(run)
+        try:
+            screen = run.stdout()
+            assert "restoring live state from it" in screen, f"restart {restart}:\n{screen}"
+            assert re.search(
+                r"^dev +\| restored 3 scopes \(1 with budgets from 1 budget commands\), 2 event ids", screen, re.M
+            ), screen  # global, the team and the user
+            assert {name: pid for name, pid in killed.items() if alive(pid)} == {}, f"restart {restart}"
+            assert ledger.answers() == before, f"restart {restart}"
+        finally:
+            ledger.http.close()
+    assert run.stop(signal.SIGTERM) == 0, run.stdout()
