@@ -35,6 +35,7 @@ def test_the_readme_has_a_snippet_per_sdk_entry_point() -> None:
         "ledger.guard",
         "SpendLedgerCallback",
         "ledger.admission(",
+        "from confluent_kafka import",  # a librdkafka client, without the SDK
     ):
         assert entry_point in text, entry_point
 
@@ -47,6 +48,7 @@ def test_the_readme_sdk_snippets_run_as_written(
         "SPEND_LEDGER_API_URL": stack_url,
         "SPEND_LEDGER_MASTER_KEY": stack_key,
         "SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS": stack_broker,
+        "KAFKA_BOOTSTRAP_SERVERS": stack_broker,  # what a service without the SDK reads
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
     snippets = sdk_snippets()
