@@ -69,7 +69,7 @@ def charged(admin: httpx.Client, team: str, entry_count: int) -> dict[str, Any]:
         view: dict[str, Any] = admin.get("/v1/spend", params={"scope": f"team:{team}", "group_by": "model"}).json()
         return view if sum(row["entry_count"] for row in view["rows"]) >= entry_count else None
 
-    view = until(spend, f"{entry_count} entries of team:{team} in the store")
+    view: dict[str, Any] = until(spend, f"{entry_count} entries of team:{team} in the store")
 
     def live_state() -> dict[str, Any] | None:
         answer = admin.get(f"/v1/budgets/team/{team}")
@@ -110,8 +110,9 @@ def test_a_usage_batch_from_a_librdkafka_producer_is_charged_per_event_and_once(
     team = unique("rdkafka-batch")
     producer = Producer({"bootstrap.servers": stack_broker})
     models = ("gpt-4o-mini", "gpt-4o", "gpt-4o-mini")
-    batch = {"batch_id": unique("batch"), "events": [usage_event(unique("rdkafka"), team, m) for m in models]}
-    again = {"batch_id": unique("batch"), "events": [*batch["events"], usage_event(unique("rdkafka"), team)]}
+    events = [usage_event(unique("rdkafka"), team, model) for model in models]
+    batch: dict[str, Any] = {"batch_id": unique("batch"), "events": events}
+    again: dict[str, Any] = {"batch_id": unique("batch"), "events": [*events, usage_event(unique("rdkafka"), team)]}
     key = batch["batch_id"]  # one key: one partition, read in this order
 
     publish(producer, [(key, batch), (key, batch)])  # the batch and a retry of it
