@@ -45,7 +45,15 @@ from ledger.domain.fold import Alerts, Charge
 from ledger.domain.prices import PriceBook
 from ledger.domain.pricing import LedgerEntry, LedgerEntryBatch, price_event
 from ledger.domain.snapshots import BudgetSnapshot, ScopeInput, empty_snapshot, fold_inputs, fold_tick, next_window_end
-from ledger.domain.wire import Rejected, dead_letter, dedup_id, field_errors, split_usage_message, validate_input
+from ledger.domain.wire import (
+    Rejected,
+    dead_letter,
+    dedup_id,
+    field_errors,
+    record_time,
+    split_usage_message,
+    validate_input,
+)
 from ledger.settings import Settings
 from ledger.topics import internal_topic_names, topic_names
 from streams.codec import (
@@ -232,7 +240,7 @@ class LedgerWorker:
         groups: dict[int, _RoutedGroup] = {}
         for event in events:
             message = event.message
-            source = Source(message.topic, message.partition, message.offset, message.key)
+            source = Source(message.topic, message.partition, message.offset, message.key, _ms(message.timestamp))
             value = message.value if isinstance(message.value, bytes) else b""
             raw_events, rejected = split_usage_message(value)
             for refused in rejected:
@@ -282,7 +290,7 @@ class LedgerWorker:
             except orjson.JSONDecodeError as exc:  # hop 1 sent only objects; a bug if reached
                 self._dead_letter(outputs, Rejected(body, "decode", "malformed_json", str(exc)), source)
                 continue
-            usage = validate_input(raw, original=body)
+            usage = validate_input(raw, original=body, received_at=record_time(source.timestamp_ms))
             if isinstance(usage, Rejected):
                 self._dead_letter(outputs, usage, source)
             else:
@@ -525,3 +533,9 @@ class _RoutedGroup:
             self.sources.append(source)
         self.events.append((index, body))
         self.size += len(body) + 8
+
+
+def _ms(timestamp_s: float | None) -> int | None:
+    """A record's timestamp in milliseconds from Faust's seconds (the milliseconds divided
+    by 1000, which rounding gives back exactly)."""
+    return None if timestamp_s is None else round(timestamp_s * 1000)

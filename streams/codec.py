@@ -36,12 +36,15 @@ class Source:
     partition: int
     offset: int
     key: bytes | None
+    timestamp_ms: int | None = None  # the record's: when an event without occurred_at occurred
 
 
 def encode_routed(sources: list[Source], events: list[tuple[int, bytes]]) -> bytes:
     """A ``usage-by-event`` record: the sources, then each event's JSON with the index
     of its source (length-framed, so a single event's original bytes travel unchanged)."""
-    header = orjson.dumps([[s.topic, s.partition, s.offset, None if s.key is None else s.key.hex()] for s in sources])
+    header = orjson.dumps(
+        [[s.topic, s.partition, s.offset, None if s.key is None else s.key.hex(), s.timestamp_ms] for s in sources]
+    )
     parts = [_FRAME.pack(len(sources), len(header)), header]
     for source_index, event in events:
         parts.append(_FRAME.pack(source_index, len(event)))
@@ -53,9 +56,9 @@ def decode_routed(value: bytes) -> tuple[list[Source], list[tuple[int, bytes]]]:
     """The inverse of ``encode_routed``."""
     _, header_len = _FRAME.unpack_from(value, 0)
     position = _FRAME.size + header_len
-    sources = [
-        Source(topic, partition, offset, None if key is None else bytes.fromhex(key))
-        for topic, partition, offset, key in orjson.loads(value[_FRAME.size : position])
+    sources = [  # a record routed before timestamps were carried has no fifth field
+        Source(topic, partition, offset, None if key is None else bytes.fromhex(key), *timestamp_ms)
+        for topic, partition, offset, key, *timestamp_ms in orjson.loads(value[_FRAME.size : position])
     ]
     events = []
     while position < len(value):

@@ -36,6 +36,11 @@ class FetchedMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: float | None  # seconds since the epoch, as Faust gives it; None: the record has none
+
+
+def _seconds(timestamp_ms: int | None) -> float | None:
+    return None if timestamp_ms is None or timestamp_ms < 0 else timestamp_ms / 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,10 @@ class GapFiller:
         for tp, records in batches.items():
             if records:
                 found[(tp.topic, tp.partition)] = [
-                    FetchedEvent(FetchedMessage(tp.topic, tp.partition, r.offset, r.key, r.value)) for r in records
+                    FetchedEvent(
+                        FetchedMessage(tp.topic, tp.partition, r.offset, r.key, r.value, _seconds(r.timestamp))
+                    )
+                    for r in records
                 ]
                 log.warning("%s: %d record(s) from %d waited past a check", tp, len(records), records[0].offset)
         return found
@@ -152,7 +160,9 @@ class GapFiller:
                 raise TimeoutError(f"could not read {key} [{start}, {end}) within {GAP_READ_TIMEOUT_MS} ms")
             for record in batches.get(tp, []):
                 if record.offset < end:
-                    message = FetchedMessage(tp.topic, tp.partition, record.offset, record.key, record.value)
+                    message = FetchedMessage(
+                        tp.topic, tp.partition, record.offset, record.key, record.value, _seconds(record.timestamp)
+                    )
                     found.append(FetchedEvent(message))
         reader.assign([])
         log.warning("%s: read %d record(s) of [%d, %d) Faust did not deliver", key, len(found), start, end)

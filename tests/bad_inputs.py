@@ -19,9 +19,10 @@ Decisions this corpus pins down:
   booleans; times without a time zone.
 - Accepted, so not in this corpus: RTL marks and zero-width characters inside ids (valid
   text; an id is compared by its exact code points, so a look-alike id is simply another
-  scope), a missing ``occurred_at`` over HTTP (the api stamps the time it received the
-  event), a model no price book knows over HTTP (pricing is the worker's job: it
-  dead-letters it as ``unpriced``, see ``unpriced_model``), a number as ``occurred_at``
+  scope), a missing ``occurred_at`` (the event occurred when it was received: the
+  api's clock over HTTP, the record's timestamp on Kafka; see ``test_wire``), a model
+  no price book knows over HTTP (pricing is the worker's job: it dead-letters it as
+  ``unpriced``, see ``unpriced_model``), a number as ``occurred_at``
   (pydantic reads a unix time, seconds or milliseconds by magnitude; the range check
   still holds), and ``schema_version`` ``true`` or ``1.0`` (pydantic's literal check
   compares by equality: read as 1, by the worker and the store alike).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -314,12 +316,6 @@ CORPUS: list[BadInput] = [
         text(event("no-model", model=None)),
         invalid("model: Field required"),
         field_error(("model",), "Field required"),
-    ),
-    BadInput(
-        "missing_occurred_at",
-        text(event("no-time", occurred_at=None)),
-        invalid("occurred_at: Field required"),
-        None,  # over HTTP the api stamps the time it received the event
     ),
     BadInput(
         "no_usage_text_or_cost",
@@ -690,6 +686,7 @@ def worker_decode(
     *,
     count_tokens: Callable[[str], int] | None = None,
     trust_reported_cost: bool = False,
+    received_at: datetime | None = None,
 ) -> tuple[list[UsageEvent], list[Rejected]]:
     """What the worker does with one ``usage`` message (streams/app.py), in process: hop 1
     splits it, hop 2 validates each event from the bytes hop 1 routed, then prices it.
@@ -698,7 +695,7 @@ def worker_decode(
     charged: list[UsageEvent] = []
     for raw_event in raw_events:
         body = raw_event.original if raw_event.original is not None else orjson.dumps(raw_event.raw)
-        checked = validate_input(orjson.loads(body), original=body)
+        checked = validate_input(orjson.loads(body), original=body, received_at=received_at)
         if isinstance(checked, Rejected):
             rejected.append(checked)
             continue

@@ -3,7 +3,8 @@
 A batch is all or nothing: every event is validated first, and one bad event refuses the
 whole request with its field errors, so a client can fix and resend it whole. Valid
 events are published in our batched wire form and acknowledged only once the broker has
-them. ``occurred_at`` may be left out: the api stamps the time it received the event.
+them. ``occurred_at`` may be left out: the event then occurred when the api received it
+(``ledger.domain.events.with_received_time``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ledger.domain.events import BATCH_EVENTS_MAX, EVENT_ID_CHARS_MAX, SCHEMA_VERSION, UsageEvent
+from ledger.domain.events import (
+    BATCH_EVENTS_MAX,
+    EVENT_ID_CHARS_MAX,
+    SCHEMA_VERSION,
+    UsageEvent,
+    with_received_time,
+)
 from ledger.domain.wire import duplicate_keys, json_type
 
 BODY_BYTES_MAX = 32 * 1024 * 1024
@@ -59,7 +66,6 @@ def parse_usage_body(body: bytes, received_at: datetime) -> list[UsageEvent]:
         # for a body too large to read.
         message = f"a batch holds at most {BATCH_EVENTS_MAX} events, got {len(items)}"
         raise BodyError(422, message, "invalid_usage", [{"loc": list(where), "msg": message, "type": "too_long"}])
-    stamp = received_at.isoformat()
     events: list[UsageEvent] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -67,10 +73,8 @@ def parse_usage_body(body: bytes, received_at: datetime) -> list[UsageEvent]:
         if not isinstance(item, dict):
             errors.append({"loc": location, "msg": "an event must be a JSON object", "type": "object_type"})
             continue
-        if "occurred_at" not in item:
-            item = {**item, "occurred_at": stamp}
         try:
-            events.append(UsageEvent.model_validate(item))
+            events.append(UsageEvent.model_validate(with_received_time(item, received_at)))
         except ValidationError as exc:
             for error in exc.errors(include_url=False, include_context=False, include_input=False):
                 errors.append({"loc": [*location, *error["loc"]], "msg": error["msg"], "type": error["type"]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -40,6 +40,9 @@ OCCURRED_AT_MAX = datetime(2200, 1, 1, tzinfo=UTC)
 # Lax parsing (ISO strings become datetimes) but never a silent numeric coercion:
 # token counts are strict ints, so "12" and 12.5 are errors, not 12.
 FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+# "received": the event named no time; ``occurred_at`` is when it was received.
+OccurredAtSource = Literal["event", "received"]
 
 
 def _checked_id(value: str) -> str:
@@ -103,6 +106,7 @@ class UsageEvent(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: EventId
     occurred_at: AwareDatetime
+    occurred_at_source: OccurredAtSource = "event"
     model: ModelName
     provider: ModelName | None = None
     user_id: Identifier | None = None
@@ -168,6 +172,18 @@ class UsageBatch(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     batch_id: EventId
     events: tuple[UsageEvent, ...] = Field(min_length=1, max_length=BATCH_EVENTS_MAX)
+
+
+def with_received_time(raw: dict[str, Any], received_at: datetime | None) -> dict[str, Any]:
+    """An event object that names no ``occurred_at`` occurred when it was received: the
+    api's clock over HTTP, its record's timestamp on Kafka (every record carries one). It
+    is marked ``occurred_at_source: "received"``, so the stored event says which. Without
+    a ``received_at`` it is returned as it is, and refused for the missing field."""
+    if received_at is None or "occurred_at" in raw or "adjustment_id" in raw:
+        return raw
+    if received_at.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    return {**raw, "occurred_at": received_at.isoformat(), "occurred_at_source": "received"}
 
 
 def check_event_time(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -25,10 +26,12 @@ from ledger.domain.events import (
     SCHEMA_VERSION,
     UsageBatch,
     UsageEvent,
+    with_received_time,
 )
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024  # a full batch of 10,000 events is about 4 MiB
 ERROR_TEXT_CHARS_MAX = 2_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 RejectStage = Literal["decode", "validate", "price"]
 RejectReason = Literal[
@@ -101,9 +104,18 @@ def field_errors(error: ValidationError) -> str:
     return "; ".join(parts)[:ERROR_TEXT_CHARS_MAX]
 
 
-def decode_usage_message(value: bytes) -> tuple[list[UsageEvent], list[Rejected]]:
+def record_time(timestamp_ms: int | None) -> datetime | None:
+    """A Kafka record's timestamp (milliseconds since the epoch, negative or None when the
+    record has none) as an aware datetime, exactly: what an event without ``occurred_at``
+    on that record occurred at (``with_received_time``)."""
+    if timestamp_ms is None or timestamp_ms < 0:
+        return None
+    return EPOCH + timedelta(milliseconds=timestamp_ms)
+
+
+def decode_usage_message(value: bytes, received_at: datetime | None = None) -> tuple[list[UsageEvent], list[Rejected]]:
     """The events in one message, and what was rejected. Dedup is by event_id later,
-    whatever the envelope."""
+    whatever the envelope. ``received_at``: the record's time, for events without one."""
     if len(value) <= MESSAGE_BYTES_MAX:
         try:  # the fast path: a well-formed message, validated straight from its bytes
             if b'"batch_id"' in value:
@@ -118,7 +130,7 @@ def decode_usage_message(value: bytes) -> tuple[list[UsageEvent], list[Rejected]
     raw_events, rejected = split_usage_message(value)
     events: list[UsageEvent] = []
     for item in raw_events:
-        checked = validate_usage(item.raw, item.where, item.original)
+        checked = validate_usage(item.raw, item.where, item.original, received_at)
         if isinstance(checked, Rejected):
             rejected.append(checked)
         else:
@@ -187,22 +199,26 @@ def split_usage_message(value: bytes) -> tuple[list[RawEvent], list[Rejected]]:
     return events, rejected
 
 
-def validate_usage(raw: dict[str, Any], where: str = "", original: bytes | None = None) -> UsageEvent | Rejected:
-    """The validate stage: one event object checked against ``UsageEvent``."""
+def validate_usage(
+    raw: dict[str, Any], where: str = "", original: bytes | None = None, received_at: datetime | None = None
+) -> UsageEvent | Rejected:
+    """The validate stage: one event object checked against ``UsageEvent``; without an
+    ``occurred_at`` it occurred at ``received_at``, its record's time. A rejection keeps
+    the event as it came."""
     try:
-        return UsageEvent.model_validate(raw)
+        return UsageEvent.model_validate(with_received_time(raw, received_at))
     except ValidationError as exc:
         detail = (where + field_errors(exc))[:ERROR_TEXT_CHARS_MAX]
         return Rejected(original or orjson.dumps(raw), "validate", "invalid_usage", detail, _event_id(raw))
 
 
 def validate_input(
-    raw: dict[str, Any], where: str = "", original: bytes | None = None
+    raw: dict[str, Any], where: str = "", original: bytes | None = None, received_at: datetime | None = None
 ) -> UsageEvent | LedgerAdjustment | Rejected:
     """The validate stage for anything on ``usage``: a usage event, or an adjustment (an
     object with an ``adjustment_id``) from a replay."""
     if "adjustment_id" not in raw:
-        return validate_usage(raw, where, original)
+        return validate_usage(raw, where, original, received_at)
     try:
         return LedgerAdjustment.model_validate(raw)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from ledger.domain.prices import load_price_book
 from ledger.domain.pricing import TokenCounter, estimate_usage
 from ledger.domain.rate_shares import RateLimitRecord
 from ledger.domain.windows import epoch_us
-from ledger.domain.wire import DeadLetter, decode_usage_message
+from ledger.domain.wire import EPOCH, DeadLetter, decode_usage_message
 
 USAGE_COLUMNS = (
     "event_id",
@@ -49,6 +49,7 @@ USAGE_COLUMNS = (
     "source_partition",
     "source_offset",
     "received_at",
+    "occurred_at_source",
 )
 COMMAND_COLUMNS = (
     "command_id",
@@ -134,8 +135,9 @@ def usage_rows(
     """The valid events of one ``usage`` message, with the token counts they are priced by
     (counted from their text when they report none, as the worker does) and when the
     message reached the log. Validated from the bytes in one pass when the whole message
-    is well formed (the common case)."""
-    events, _ = decode_usage_message(value)  # adjustments and invalid events: not events
+    is well formed (the common case). An event without ``occurred_at`` occurred then."""
+    received_at = None if received_at_us is None else EPOCH + timedelta(microseconds=received_at_us)
+    events, _ = decode_usage_message(value, received_at)  # adjustments and invalid events: not events
     rows = []
     for event in events:
         try:
@@ -166,6 +168,7 @@ def usage_rows(
                 partition,
                 offset,
                 received_at_us,
+                event.occurred_at_source,
             )
         )
     return rows

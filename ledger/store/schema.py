@@ -10,7 +10,8 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = 2  # 2: consumer_offsets.offset_base and last_record (telling a new log from the old)
+SCHEMA_VERSION = 3  # 2: consumer_offsets.offset_base and last_record (telling a new log from the old)
+# 3: usage_events.occurred_at_source
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS store_meta (
@@ -33,7 +34,9 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 -- Every valid usage event, once per event_id (the first copy read wins), priced or not:
 -- its validated fields and the token counts it is priced by (message text is not kept),
 -- and when its message reached the log (the record's timestamp: what restore takes for
--- when the worker saw it; NULL in stores written before it was kept).
+-- when the worker saw it; NULL in stores written before it was kept). occurred_at_source:
+-- "received" when the event named no time and occurred_at is when it was received (the
+-- record's timestamp, or the api's clock over HTTP); NULL in stores written before it.
 CREATE TABLE IF NOT EXISTS usage_events (
     event_id VARCHAR PRIMARY KEY,
     occurred_at TIMESTAMPTZ NOT NULL,
@@ -56,7 +59,8 @@ CREATE TABLE IF NOT EXISTS usage_events (
     metadata JSON,
     source_partition INTEGER NOT NULL,
     source_offset BIGINT NOT NULL,
-    received_at TIMESTAMPTZ
+    received_at TIMESTAMPTZ,
+    occurred_at_source VARCHAR
 );
 CREATE TABLE IF NOT EXISTS ledger_entries (
     entry_id VARCHAR PRIMARY KEY,
@@ -163,6 +167,7 @@ _ADDED_COLUMNS = (
     ("consumer_offsets", "offset_base", "BIGINT NOT NULL DEFAULT 0"),
     ("consumer_offsets", "last_record", "VARCHAR"),
     ("usage_events", "received_at", "TIMESTAMPTZ"),
+    ("usage_events", "occurred_at_source", "VARCHAR"),
 )
 
 STORE_TABLES = (

@@ -43,6 +43,7 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
             ("source_partition", pa.int32()),
             ("source_offset", pa.int64()),
             ("received_at", _UTC),
+            ("occurred_at_source", pa.string()),
         ]
     ),
     "budget_commands": pa.schema(

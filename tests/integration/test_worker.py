@@ -3,13 +3,18 @@ dedup, pricing, dead letters, budget alerts, window roll-over, restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import duckdb
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from ledger.domain.budgets import BudgetSpec, alert_message
 from ledger.domain.snapshots import BudgetSnapshot
+from ledger.domain.windows import epoch_us
 from streams.codec import partition_of
 from tests.integration.builders import MakeLedger, alerts_of, charged, command, cost_nanos, has_limits, usage
 
@@ -204,3 +209,51 @@ def test_state_continues_from_the_changelogs_after_restarts(make_ledger: MakeLed
     for n in range(7):
         mine = [event for event in unique.values() if event["user_id"] == f"user-{n}"]
         assert states[f"user:user-{n}"].state.total_spend_nanos == sum(cost_nanos(event) for event in mine)
+
+
+def test_events_without_occurred_at_on_kafka_occur_at_their_records_timestamp(
+    make_ledger: MakeLedger, tmp_path: Path
+) -> None:
+    ledger = make_ledger()
+    ledger.start_worker()
+    sent_ms = int(datetime.now(UTC).timestamp() * 1000) - 60_000  # a minute ago, to the millisecond
+    timeless = {key: value for key, value in usage("timeless-1", user="timeless").items() if key != "occurred_at"}
+    timed = usage("timed-1", user="timeless")
+    batch = {"batch_id": "timeless-batch", "events": [timed, {**timeless, "event_id": "timeless-2"}]}
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=ledger.settings.kafka_bootstrap_servers)
+        await producer.start()
+        try:
+            for key, value in ((b"timeless-1", timeless), (b"timeless-batch", batch)):
+                await producer.send_and_wait(ledger.topics.usage, orjson.dumps(value), key=key, timestamp_ms=sent_ms)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    ledger.snapshots(charged("user:timeless", 3))
+    ledger.wait_idle()
+    entries = {
+        entry["event_id"]: entry
+        for batch in ledger.read_json(ledger.topics.ledger_entries)
+        for entry in batch["entries"]
+    }
+    record_time = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=sent_ms)
+    assert datetime.fromisoformat(entries["timeless-1"]["occurred_at"]) == record_time
+    assert datetime.fromisoformat(entries["timeless-2"]["occurred_at"]) == record_time
+    assert datetime.fromisoformat(entries["timed-1"]["occurred_at"]) == datetime.fromisoformat(timed["occurred_at"])
+    assert ledger.read_json(ledger.topics.dead_letter) == []
+
+    # The store says which times were the record's, and its replay agrees with live state.
+    store = tmp_path / "ledger.duckdb"
+    _, differences = ledger.replay_equality(store)
+    assert differences == []
+    with duckdb.connect(str(store), read_only=True) as connection:
+        rows = connection.execute(
+            "SELECT event_id, epoch_us(occurred_at), occurred_at_source FROM usage_events ORDER BY 1"
+        ).fetchall()
+    assert rows == [
+        ("timed-1", epoch_us(datetime.fromisoformat(timed["occurred_at"])), "event"),
+        ("timeless-1", sent_ms * 1000, "received"),
+        ("timeless-2", sent_ms * 1000, "received"),
+    ]

@@ -3,6 +3,7 @@ per-source positions of budget snapshots, and the internal record formats."""
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -101,9 +102,13 @@ def test_commands_and_charges_fold_in_order_and_the_timer_rolls_windows() -> Non
 
 
 def test_routed_records_keep_each_event_and_its_source_byte_for_byte() -> None:
-    sources = [Source("p.usage", 3, 17, b"k"), Source("p.usage", 1, 2, None)]
+    sources = [Source("p.usage", 3, 17, b"k", 1_762_160_400_123), Source("p.usage", 1, 2, None)]
     events = [(0, b'{"event_id": "a"}'), (1, b'{"event_id":"b",\n "x": 1}'), (0, b"{}")]
     assert decode_routed(encode_routed(sources, events)) == (sources, events)
+    # A record routed by a worker before record times were carried still reads, with none.
+    header = b'[["p.usage",3,17,"6b"]]'
+    older = struct.pack(">II", 1, len(header)) + header + struct.pack(">II", 0, 2) + b"{}"
+    assert decode_routed(older) == ([Source("p.usage", 3, 17, b"k", None)], [(0, b"{}")])
 
 
 def test_charge_records_group_by_scope() -> None:

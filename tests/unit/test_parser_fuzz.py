@@ -9,6 +9,7 @@ events, and pricing it fails only with the typed errors the worker turns into de
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import orjson
@@ -40,10 +41,16 @@ json_values = st.recursive(
 )
 
 
+# Every record carries a time: an event without occurred_at takes it, in both readers.
+RECEIVED_AT = datetime(2026, 11, 1, 12, 0, 0, 123_000, tzinfo=UTC)
+
+
 def check_decoding(value: bytes, *, trust_reported_cost: bool = False) -> list[UsageEvent]:
     """The properties every message must keep; returns the events the worker charges."""
     book = genai_prices_book_cached()
-    charged, rejected = worker_decode(value, book, count_tokens=count_tokens, trust_reported_cost=trust_reported_cost)
+    charged, rejected = worker_decode(
+        value, book, count_tokens=count_tokens, trust_reported_cost=trust_reported_cost, received_at=RECEIVED_AT
+    )
     for refused in rejected:
         assert refused.stage in get_args(RejectStage)
         assert refused.reason in get_args(RejectReason)
@@ -58,7 +65,7 @@ def check_decoding(value: bytes, *, trust_reported_cost: bool = False) -> list[U
                 assert 0 <= count <= TOKENS_PER_FIELD_MAX
     # The store reads the same events as the worker: those it charges and those unpriced
     # (stored, to be charged by a replay once priced).
-    stored, _ = decode_usage_message(value)
+    stored, _ = decode_usage_message(value, RECEIVED_AT)
     unpriced = [refused.event_id for refused in rejected if refused.stage == "price"]
     assert sorted(event.event_id for event in stored) == sorted([e.event_id for e in charged] + unpriced)
     return charged

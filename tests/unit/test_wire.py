@@ -3,10 +3,11 @@ original bytes and says why."""
 
 import base64
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from ledger.domain.wire import MESSAGE_BYTES_MAX, dead_letter, decode_usage_message
+from ledger.domain.wire import MESSAGE_BYTES_MAX, dead_letter, decode_usage_message, record_time
 
 EVENT = {
     "event_id": "evt-1",
@@ -87,3 +88,39 @@ def test_a_dead_letter_carries_the_original_bytes_and_where_they_came_from():
     assert base64.b64decode(record.original_value_b64) == raw
     assert base64.b64decode(record.original_key_b64 or "") == b"evt-9"
     assert (record.source_partition, record.source_offset, record.reason) == (2, 41, "malformed_json")
+
+
+RECORD_MS = 1_762_160_400_123  # 2025-11-03T09:00:00.123Z
+TIMELESS = {key: value for key, value in EVENT.items() if key != "occurred_at"}
+
+
+def test_a_record_time_is_its_milliseconds_exactly_and_none_when_missing():
+    assert record_time(RECORD_MS) == datetime(2025, 11, 3, 9, 0, 0, 123_000, tzinfo=UTC)
+    assert record_time(-1) is None
+    assert record_time(None) is None
+
+
+def test_an_event_without_occurred_at_occurred_when_its_record_was_received():
+    (event,), rejected = decode_usage_message(encode(TIMELESS), record_time(RECORD_MS))
+    assert rejected == []
+    assert event.occurred_at == datetime(2025, 11, 3, 9, 0, 0, 123_000, tzinfo=UTC)
+    assert event.occurred_at_source == "received"
+
+
+def test_in_a_batch_only_the_events_without_a_time_take_the_records():
+    batch = {"batch_id": "b1", "events": [EVENT, {**TIMELESS, "event_id": "evt-2"}]}
+    events, rejected = decode_usage_message(encode(batch), record_time(RECORD_MS))
+    assert rejected == []
+    assert [(e.event_id, e.occurred_at.isoformat(), e.occurred_at_source) for e in events] == [
+        ("evt-1", "2025-11-03T09:00:00+00:00", "event"),
+        ("evt-2", "2025-11-03T09:00:00.123000+00:00", "received"),
+    ]
+
+
+def test_an_event_with_neither_its_own_time_nor_a_records_is_refused_with_its_bytes():
+    raw = encode(TIMELESS)
+    events, (rejected,) = decode_usage_message(raw, None)
+    assert events == []
+    assert (rejected.stage, rejected.reason, rejected.event_id) == ("validate", "invalid_usage", "evt-1")
+    assert "occurred_at: Field required" in rejected.detail
+    assert rejected.original == raw
