@@ -8,10 +8,12 @@ saving at once do not erase each other's users. See ``ledger.integrations.litell
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.api.deps import ADMIN, ApiError, Services, now
@@ -49,9 +51,15 @@ async def get_budget(api: Services, request: Annotated[ProjectRequest, Body()]) 
     return get_budget_response(user_dict(states, now()))
 
 
-@router.post("/set_budget", summary="LiteLLM hosted BudgetManager: save")
-async def set_budget(api: Services, request: Annotated[SaveRequest, Body()]) -> dict[str, Any]:
-    """Turn a saved ``user_dict`` into budget commands (new or changed budgets, resets)."""
+@router.post(
+    "/set_budget",
+    summary="LiteLLM hosted BudgetManager: save",
+    responses={202: {"description": "published, not all applied within api_apply_wait_s"}},
+)
+async def set_budget(api: Services, request: Annotated[SaveRequest, Body()]) -> JSONResponse:
+    """Turn a saved ``user_dict`` into budget commands (new or changed budgets, resets), and
+    answer once the worker has applied them all, so a ``/get_budget`` right after reads the
+    save: 200, or 202 when they were not all applied within ``api_apply_wait_s``."""
     users = [f"user:{name}" for name in request.user_dict if isinstance(name, str)]
     current = {key: state for key in users if (state := api.budget_state.state(key)) is not None}
     try:
@@ -60,6 +68,12 @@ async def set_budget(api: Services, request: Annotated[SaveRequest, Body()]) -> 
         )
     except InvalidBudgetDict as exc:
         raise ApiError(422, str(exc), "invalid_request") from exc
-    for command in commands:
-        await api.publish_command(command)
-    return set_budget_response(len(commands))
+    published = [(command.scope_key, await api.publish_command(command)) for command in commands]
+    deadline = time.monotonic() + api.settings.api_apply_wait_s
+    applied = True
+    for scope_key, at in published:
+        left = max(0.0, deadline - time.monotonic())
+        if await api.budget_state.wait_applied(scope_key, f"c{at.partition}", at.offset, left) is None:
+            applied = False
+            break
+    return JSONResponse({**set_budget_response(len(commands)), "applied": applied}, status_code=200 if applied else 202)

@@ -19,7 +19,7 @@ from ledger.domain.windows import parse_duration, zone
 LIMITS_PER_SCOPE_MAX = 32
 
 AlertKind = Literal["exceeded", "soft-threshold", "reset", "recovered"]
-CommandAction = Literal["upsert", "delete", "reset"]
+CommandAction = Literal["upsert", "delete", "reset", "set_overall"]
 
 
 def _checked_scope_key(value: str) -> str:
@@ -89,7 +89,10 @@ class BudgetCommand(BaseModel):
 
     ``upsert`` sets the scope's whole list of limits (a limit keeps its window unless its
     duration, time zone or week start changed); ``delete`` removes every limit; ``reset``
-    opens a new window now, for every limit or only ``limit_name``.
+    opens a new window now, for every limit or only ``limit_name``. ``set_overall`` puts
+    its one budget in place of the scope's overall limit and keeps every other limit as the
+    fold finds it (``with_overall``): a writer that knows one limit (LiteLLM's
+    ``total_budget``) cannot erase limits changed since it last read the scope.
     """
 
     model_config = FROZEN
@@ -107,7 +110,9 @@ class BudgetCommand(BaseModel):
     def _consistent(self) -> Self:
         if self.action == "upsert" and not self.budgets:
             raise ValueError("an upsert needs at least one budget; use delete to remove them")
-        if self.action != "upsert" and self.budgets:
+        if self.action == "set_overall" and not (len(self.budgets) == 1 and is_overall(self.budgets[0])):
+            raise ValueError("a set_overall carries one budget, with max_budget_nanos and no model")
+        if self.action not in ("upsert", "set_overall") and self.budgets:
             raise ValueError(f"a {self.action} carries no budgets")
         names = [spec.limit_name for spec in self.budgets]
         if len(set(names)) != len(names):
@@ -115,6 +120,23 @@ class BudgetCommand(BaseModel):
         if self.limit_name is not None and self.action != "reset":
             raise ValueError("limit_name is only for reset")
         return self
+
+
+def is_overall(spec: BudgetSpec) -> bool:
+    """An overall limit: a max budget on every model's spend (LiteLLM's ``total_budget``)."""
+    return spec.model is None and spec.max_budget_nanos is not None
+
+
+def with_overall(specs: tuple[BudgetSpec, ...], overall: BudgetSpec) -> tuple[BudgetSpec, ...]:
+    """``specs`` with ``overall`` in place of the first overall limit (first when there is
+    none), every other limit kept. Named like another kept limit, it is renamed
+    ``litellm:<name>``, so no limit is lost to a name."""
+    at = next((i for i, spec in enumerate(specs) if is_overall(spec)), None)
+    kept = specs if at is None else specs[:at] + specs[at + 1 :]
+    if overall.limit_name in {spec.limit_name for spec in kept}:
+        overall = overall.model_copy(update={"name": f"litellm:{overall.limit_name}"})
+    at = 0 if at is None else at
+    return (*kept[:at], overall, *kept[at:])
 
 
 class LimitState(BaseModel):

@@ -27,6 +27,7 @@ from ledger.domain.budgets import (
     LimitState,
     alert_message,
     all_fields,
+    with_overall,
 )
 from ledger.domain.pricing import LedgerEntry
 from ledger.domain.scopes import parse_scope_key
@@ -120,7 +121,8 @@ def _charge_totals(state: BudgetState, entries: Iterable[Chargeable]) -> BudgetS
 
 
 def apply_command(state: BudgetState, command: BudgetCommand) -> tuple[BudgetState, Alerts]:
-    """Apply an upsert, delete or reset to the scope it names, at ``command.issued_at``."""
+    """Apply an upsert, delete, reset or set_overall to the scope it names, at
+    ``command.issued_at``."""
     if command.scope_key != state.scope_key:
         raise ValueError(f"command {command.command_id} is for {command.scope_key}, not {state.scope_key}")
     work = _Work.of(state)
@@ -134,9 +136,12 @@ def apply_command(state: BudgetState, command: BudgetCommand) -> tuple[BudgetSta
             if command.limit_name is None or limit.spec.limit_name == command.limit_name:
                 work.restart(limit, at, trigger)
     else:
+        specs = command.budgets
+        if command.action == "set_overall":
+            specs = with_overall(tuple(limit.spec for limit in work.limits), command.budgets[0])
         previous = {limit.spec.limit_name: limit for limit in work.limits}
         limits = []
-        for spec in command.budgets:
+        for spec in specs:
             kept = previous.get(spec.limit_name)
             if kept is None:
                 limits.append(_WorkLimit.opened(spec, at))

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -62,6 +62,7 @@ from ledger.domain.budgets import (
     CommandAction,
     LimitState,
     default_limit_name,
+    is_overall,
 )
 from ledger.domain.errors import LedgerError
 from ledger.domain.fold import advance
@@ -136,7 +137,9 @@ def commands_from_user_dict(
     """What a posted LiteLLM ``user_dict`` asks of the ledger, as budget commands.
 
     - A user whose ``total_budget`` or ``duration`` differs from its overall limit (or who
-      has none) gets an ``upsert`` of ``user:<id>`` that replaces only that limit.
+      has none) gets a ``set_overall`` of ``user:<id>``: the worker replaces only that
+      limit and keeps the others as it finds them, so limits changed since ``current`` was
+      read (an admin's, another manager's) survive.
     - A user missing from ``posted`` is left alone (LiteLLM saves whole dicts; a stale
       manager must not erase users another one created).
     - ``current_cost`` and ``model_cost`` are ignored (spend comes from usage events),
@@ -187,11 +190,8 @@ def error_response(message: str) -> dict[str, Any]:
 
 
 def overall_limit(state: BudgetState) -> LimitState | None:
-    """The limit LiteLLM's ``total_budget`` is: the first with no model and a max budget."""
-    for limit in state.limits:
-        if limit.spec.model is None and limit.spec.max_budget_nanos is not None:
-            return limit
-    return None
+    """The limit LiteLLM's ``total_budget`` is: the first overall one (``is_overall``)."""
+    return next((limit for limit in state.limits if is_overall(limit.spec)), None)
 
 
 def litellm_duration_days(duration: str) -> int | float:
@@ -343,7 +343,6 @@ def _entry_commands(
     entry: _Entry, state: BudgetState | None, project_name: str, now: datetime, id_prefix: str
 ) -> list[BudgetCommand]:
     scope = f"user:{entry.user}"
-    limits = () if state is None else state.limits
     overall = None if state is None else overall_limit(state)
     commands: list[BudgetCommand] = []
 
@@ -357,13 +356,10 @@ def _entry_commands(
         except ValidationError as exc:
             raise InvalidBudgetDict(str(exc.errors()[0]["msg"]), user=entry.user) from exc
 
-    spec = _new_overall_spec(entry, overall, limits)
-    if spec is not None:
-        kept = [limit.spec for limit in limits if limit is not overall]
-        at = next((i for i, limit in enumerate(limits) if limit is overall), 0)
-        specs = (*kept[:at], spec, *kept[at:])
+    spec = _new_overall_spec(entry, overall)
+    if spec is not None:  # the worker keeps the other limits as it finds them
         change = f"{spec.limit_name}\x1f{spec.max_budget_nanos}\x1f{spec.duration}"
-        commands.append(command("upsert", change, budgets=specs))
+        commands.append(command("set_overall", change, budgets=(spec,)))
     if state is not None and overall is not None and _is_reset(entry, overall):
         reopened = spec is not None and overall.spec.window_rules() != spec.window_rules()
         shown = ([] if reopened else [overall]) + list(_model_limits(state))
@@ -374,7 +370,7 @@ def _entry_commands(
     return commands
 
 
-def _new_overall_spec(entry: _Entry, overall: LimitState | None, limits: Sequence[LimitState]) -> BudgetSpec | None:
+def _new_overall_spec(entry: _Entry, overall: LimitState | None) -> BudgetSpec | None:
     """The overall limit the entry asks for, or None when it asks for nothing new."""
     if overall is None:
         total = entry.total_nanos if entry.total_nanos is not None else entry.echoed_total_nanos
@@ -394,9 +390,6 @@ def _new_overall_spec(entry: _Entry, overall: LimitState | None, limits: Sequenc
         fields["duration"] = entry.duration_text if duration_changed else overall.spec.duration
         fields["max_budget_nanos"] = entry.total_nanos if total_changed else overall.spec.max_budget_nanos
         base = BudgetSpec(**fields)
-    taken = {limit.spec.limit_name for limit in limits if limit is not overall}
-    if base.limit_name in taken:
-        return base.model_copy(update={"name": f"litellm:{base.limit_name}"})
     return base
 
 

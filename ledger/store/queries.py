@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ledger.domain.budgets import BudgetCommand, BudgetSpec
 from ledger.domain.scopes import InvalidScope, parse_scope_key
+from ledger.replay.timeline import scope_history
 
 if TYPE_CHECKING:
     import duckdb
@@ -236,14 +237,14 @@ def budget_statuses(
         _check_scope_key(scope_key)
     _check_limit(limit, BUDGET_SCOPES_MAX)
     rows = connection.execute(_BUDGETS_SQL, [scope_key, scope_key, limit + 1]).fetchall()
+    limits = scope_limits(connection, [row[0] for row in rows[:limit]])
     statuses = []
-    for key, command_json, alias, configured_at, last_action, last_at, total, since in rows[:limit]:
-        command = BudgetCommand.model_validate_json(command_json)
+    for key, _, alias, configured_at, last_action, last_at, total, since in rows[:limit]:
         statuses.append(
             BudgetStatus(
                 scope_key=key,
                 alias=alias,
-                limits=command.budgets,
+                limits=limits[key],
                 configured_at=_utc(configured_at),
                 last_command_action=last_action,
                 last_command_at=_utc(last_at),
@@ -252,6 +253,21 @@ def budget_statuses(
             )
         )
     return BudgetReport(statuses=tuple(statuses), truncated=len(rows) > limit)
+
+
+def scope_limits(connection: duckdb.DuckDBPyConnection, scope_keys: list[str]) -> dict[str, tuple[BudgetSpec, ...]]:
+    """Each scope's limits as its stored commands leave them, by the fold itself
+    (``scope_history``): a ``set_overall`` keeps limits no SQL reading of one command sees."""
+    commands: dict[str, list[BudgetCommand]] = {key: [] for key in scope_keys}
+    rows = connection.execute(
+        "SELECT scope_key, command FROM budget_commands WHERE list_contains(?, scope_key)", [scope_keys]
+    ).fetchall()
+    for key, command_json in rows:
+        commands[key].append(BudgetCommand.model_validate_json(command_json))
+    return {
+        key: tuple(limit.spec for limit in scope_history(found)[0].limits) if found else ()
+        for key, found in commands.items()
+    }
 
 
 def dead_letter_summary(connection: duckdb.DuckDBPyConnection) -> tuple[DeadLetterGroup, ...]:
@@ -271,20 +287,21 @@ _SPEND_SUMS = (
     "coalesce(sum(e.completion_tokens) FILTER (WHERE e.kind = 'charge'), 0)"
 )
 
-# Per scope: the latest upsert or delete by issued_at (then by offset) decides; a delete
-# drops the scope. "Since" is the latest upsert or reset from that upsert on.
+# Per scope: the latest upsert, set_overall or delete by issued_at (then by offset) decides
+# whether it has a budget; a delete drops the scope. "Since" is the latest change or reset
+# from then on. Its limits come from the fold over its commands (``scope_limits``).
 _BUDGETS_SQL = """
 WITH in_force AS (
     SELECT scope_key, action, command, issued_at
     FROM budget_commands
-    WHERE action IN ('upsert', 'delete') AND (? IS NULL OR scope_key = ?)
+    WHERE action IN ('upsert', 'set_overall', 'delete') AND (? IS NULL OR scope_key = ?)
     QUALIFY row_number() OVER (PARTITION BY scope_key ORDER BY issued_at DESC, source_offset DESC) = 1
 ),
-budgeted AS (SELECT * FROM in_force WHERE action = 'upsert'),
+budgeted AS (SELECT * FROM in_force WHERE action IN ('upsert', 'set_overall')),
 last_change AS (
     SELECT c.scope_key, c.action, c.issued_at
     FROM budget_commands AS c JOIN budgeted AS b ON c.scope_key = b.scope_key
-    WHERE c.action IN ('upsert', 'reset') AND c.issued_at >= b.issued_at
+    WHERE c.action IN ('upsert', 'set_overall', 'reset') AND c.issued_at >= b.issued_at
     QUALIFY row_number() OVER (PARTITION BY c.scope_key ORDER BY c.issued_at DESC, c.source_offset DESC) = 1
 ),
 aliases AS (

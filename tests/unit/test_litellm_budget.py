@@ -79,7 +79,7 @@ def test_a_created_budget_round_trips_to_the_same_total_and_duration(litellm_dur
     # LiteLLM's create_budget(total_budget=10, user="alice", duration=...) stores days.
     posted = {"alice": {"total_budget": 10, "duration": days, "created_at": 1.7e9, "last_updated_at": 1.7e9}}
     commands = post(posted, {})
-    assert [(c.action, c.scope_key, c.issued_at) for c in commands] == [("upsert", ALICE, T0)]
+    assert [(c.action, c.scope_key, c.issued_at) for c in commands] == [("set_overall", ALICE, T0)]
     assert commands[0].budgets == (BudgetSpec(max_budget_nanos=10_000_000_000, duration=litellm_duration),)
     served = user_dict(applied({}, commands), T0)
     assert served["alice"]["total_budget"] == 10.0
@@ -191,12 +191,12 @@ def test_users_missing_from_the_post_are_not_deleted():
     assert post(only_alice, states) == []
 
 
-def test_a_total_edited_in_place_is_an_upsert_that_keeps_the_window():
+def test_a_total_edited_in_place_is_a_set_overall_that_keeps_the_window():
     states = {ALICE: spent(daily_alice()[ALICE], 1, T0, 4_000_000_000)}
     loaded = over_the_wire(user_dict(states, T0))
     loaded["alice"]["total_budget"] = 3.5  # total_budget_nanos still says 10: the client changed it
     commands = post(loaded, states, now=T0 + timedelta(minutes=1))
-    assert [c.action for c in commands] == ["upsert"]
+    assert [c.action for c in commands] == ["set_overall"]
     after = applied(states, commands)[ALICE]
     assert (after.limits[0].spec.max_budget_nanos, after.limits[0].spend_nanos) == (3_500_000_000, 4_000_000_000)
     assert after.limits[0].window_start == T0
@@ -222,12 +222,41 @@ def test_a_changed_duration_replaces_only_the_overall_limit_and_keeps_its_settin
         )
     }
     commands = post({"alice": {"total_budget": 50, "duration": 7}}, states)
-    assert [c.action for c in commands] == ["upsert"]
-    assert commands[0].budgets == (
+    assert [(c.action, c.budgets) for c in commands] == [
+        (
+            "set_overall",
+            (BudgetSpec(max_budget_nanos=50_000_000_000, soft_budget_nanos=8_000_000_000, duration="weekly"),),
+        )
+    ]
+    assert [limit.spec for limit in applied(states, commands)[ALICE].limits] == [
         BudgetSpec(max_budget_nanos=50_000_000_000, soft_budget_nanos=8_000_000_000, duration="weekly"),
         BudgetSpec(max_budget_nanos=1_000_000_000, duration="daily", model="gpt-4o"),
         BudgetSpec(name="cap", max_budget_nanos=100_000_000_000, duration="yearly"),
+    ]
+
+
+def test_a_save_built_from_a_stale_read_keeps_limits_added_since():
+    # The api read alice with one limit; before its command is folded, an admin adds a
+    # per-model limit and a yearly cap. The save replaces the overall limit and keeps both.
+    read = daily_alice()
+    commands = post({"alice": {"total_budget": 20, "duration": 1}}, read)
+    admin = BudgetCommand(
+        command_id="admin-1",
+        scope_key=ALICE,
+        action="upsert",
+        issued_at=T0,
+        budgets=(
+            BudgetSpec(max_budget_nanos=10_000_000_000, duration="daily"),
+            BudgetSpec(max_budget_nanos=1_000_000_000, duration="daily", model="gpt-4o"),
+            BudgetSpec(name="cap", max_budget_nanos=100_000_000_000, duration="yearly"),
+        ),
     )
+    now_held = applied(read, [admin])
+    assert [limit.spec for limit in applied(now_held, commands)[ALICE].limits] == [
+        BudgetSpec(max_budget_nanos=20_000_000_000, duration="daily"),
+        BudgetSpec(max_budget_nanos=1_000_000_000, duration="daily", model="gpt-4o"),
+        BudgetSpec(name="cap", max_budget_nanos=100_000_000_000, duration="yearly"),
+    ]
 
 
 def test_an_overall_limit_whose_new_name_is_taken_gets_its_own():
@@ -239,7 +268,10 @@ def test_an_overall_limit_whose_new_name_is_taken_gets_its_own():
         )
     }
     commands = post({"alice": {"total_budget": 50, "duration": 28}}, states)
-    assert [spec.limit_name for spec in commands[0].budgets] == ["litellm:monthly", "monthly"]
+    assert [limit.spec.limit_name for limit in applied(states, commands)[ALICE].limits] == [
+        "litellm:monthly",
+        "monthly",
+    ]
     served = user_dict(applied(states, commands), T0)["alice"]
     assert (served["total_budget"], served["duration_text"]) == (50.0, "monthly")
 
@@ -358,7 +390,7 @@ def test_command_ids_are_deterministic_per_prefix_and_change():
     first, retried = post(posted, {}), post(posted, {})
     assert [c.command_id for c in first] == [c.command_id for c in retried]
     assert len({c.command_id for c in first}) == 2
-    assert all(c.command_id.startswith("req-1:upsert:") for c in first)
+    assert all(c.command_id.startswith("req-1:set_overall:") for c in first)
     other_request = post(posted, {}, prefix="req-2")
     assert not {c.command_id for c in first} & {c.command_id for c in other_request}
     other_total = post({**posted, "alice": {"total_budget": 3, "duration": 1}}, {})

@@ -180,7 +180,7 @@ def budget_specs(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def budget_commands(draw: st.DrawFn, number: int) -> dict[str, Any]:
-    action = draw(st.sampled_from(["upsert", "upsert", "upsert", "reset", "delete"]))
+    action = draw(st.sampled_from(["upsert", "upsert", "upsert", "set_overall", "reset", "delete"]))
     command: dict[str, Any] = {
         "command_id": f"c{number}",
         "scope_key": draw(st.sampled_from(SCOPES)),
@@ -198,6 +198,12 @@ def budget_commands(draw: st.DrawFn, number: int) -> dict[str, Any]:
         command["budgets"] = specs
         if draw(st.booleans()):
             command["alias"] = f"alias-{number}"
+    elif action == "set_overall":  # LiteLLM's save: one overall limit, the rest kept
+        spec = draw(budget_specs())
+        spec.pop("model", None)
+        spec.setdefault("max_budget_nanos", 10_000_000)
+        spec["name"] = draw(st.sampled_from(["limit-0", spec.get("duration") or "total"]))
+        command["budgets"] = [spec]
     elif action == "reset" and draw(st.booleans()):
         command["limit_name"] = draw(st.sampled_from(["limit-0", "limit-1", "daily", "1h"]))
     return command

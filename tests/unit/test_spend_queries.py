@@ -297,6 +297,24 @@ def test_a_reset_after_the_upsert_moves_the_since_time_and_a_delete_removes_the_
     assert [s.scope_key for s in only_c] == ["user:c"]
 
 
+def test_a_set_overall_replaces_the_overall_limit_and_keeps_the_others(tmp_path):
+    daily = BudgetSpec(max_budget_nanos=5_000, duration="1d")
+    per_model = BudgetSpec(max_budget_nanos=900, duration="1d", model="gpt-4o")
+    raised = BudgetSpec(max_budget_nanos=8_000, duration="1d")
+    path = build_store(
+        tmp_path / "ledger.duckdb",
+        entries=[],
+        commands=[
+            command("user:u", "upsert", at(8), daily, per_model),
+            command("user:u", "set_overall", at(9), raised),  # LiteLLM's save of total_budget
+        ],
+    )
+    with open_store(path, read_only=True) as connection:
+        (status,) = budget_statuses(connection).statuses
+    assert status.limits == (raised, per_model)
+    assert (status.configured_at, status.last_command_action) == (at(9), "set_overall")
+
+
 def test_budget_statuses_truncate_at_the_limit(tmp_path):
     cap = BudgetSpec(max_budget_nanos=1)
     path = build_store(
