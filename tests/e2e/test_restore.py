@@ -223,6 +223,12 @@ def test_dev_killed_outright_starts_again_at_once_on_the_same_ports_and_restores
         assert ledger.http.post("/v1/usage", json={"events": events}).status_code == 202
         charged = sum(_cost(event) for event in events)
         _until(lambda: ledger.total(f"team:{DAILY_TEAM}") == charged, "the worker to charge the events")
+
+        def entries_stored() -> int:
+            return sum(int(row["entry_count"]) for row in ledger.get("/v1/spend", group_by="team")[1]["rows"])
+
+        # What the killed broker held and the store did not is gone: wait for the store.
+        _until(lambda: entries_stored() == len(events), "the store to hold the ledger entries")
         _until(lambda: ledger.differences() == 0, "the store to hold what live state holds")
         before = ledger.answers()
     finally:
