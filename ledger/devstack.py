@@ -3,8 +3,9 @@ processes of one dev process, with one log stream and one Ctrl-C that stops them
 
 Each child runs in its own session, so a Ctrl-C in the terminal reaches only the dev
 process, which stops the children in order (api, worker, broker: SIGTERM, then SIGKILL
-after a bounded time), by pid. Each child also dies with the dev process
-(PR_SET_PDEATHSIG), should that be killed outright.
+after a bounded time), by pid. Should the dev process be killed outright, the kernel
+SIGKILLs each child at once (PR_SET_PDEATHSIG), so a new one can start on the same ports
+and store right away.
 """
 
 from __future__ import annotations

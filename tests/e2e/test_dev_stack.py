@@ -21,7 +21,7 @@ from tests.e2e.conftest import DevRun, alive, children_of
 
 pytestmark = pytest.mark.timeout(300)
 
-# A child's bounded shutdown (the worker's is the longest), from the SIGTERM on.
+# How long to wait for the children of a killed dev process (the kernel SIGKILLs them) to go.
 CHILD_EXIT_AFTER_PARENT_S = 30.0
 PREFIXED_LINE = re.compile(r"^(broker|worker|api   |dev   ) \| ")
 
