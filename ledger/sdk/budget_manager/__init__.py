@@ -1,9 +1,9 @@
 """A drop-in for LiteLLM's ``BudgetManager``: the same constructor, methods, arguments and
 return shapes, without its weaknesses.
 
-- ``client_type="local"`` keeps users in a DuckDB file (``user_cost.duckdb`` in the
+- ``client_type="local"`` keeps users in an SQLite file (``user_cost.sqlite`` in the
   working directory, as LiteLLM keeps ``user_cost.json``); every update is one
-  transaction, so processes sharing the file lose no update.
+  transaction, committed before it returns, so processes sharing the file lose no update.
 - ``client_type="hosted"`` talks to the spend-ledger api: spend is usage events charged
   by the worker, budgets are per-scope commands, so managers in many processes neither
   overwrite each other nor lose spend on restart.
@@ -36,7 +36,7 @@ from ledger.sdk.budget_manager.records import (
 )
 from ledger.sdk.guard import Money, money_nanos
 
-LOCAL_FILE_NAME = "user_cost.duckdb"
+LOCAL_FILE_NAME = "user_cost.sqlite"
 
 __all__ = ["LOCAL_FILE_NAME", "BudgetManager", "InvalidUser", "UnknownUser", "UserBudget"]
 
@@ -51,7 +51,7 @@ def _budget_nanos(total_budget: Money) -> int:
 class BudgetManager:
     """LiteLLM's ``BudgetManager(project_name, client_type, api_base, headers)``.
 
-    Keyword-only extras: ``path`` (local: the DuckDB file), ``key`` (hosted: the api's
+    Keyword-only extras: ``path`` (local: the SQLite file), ``key`` (hosted: the api's
     master key, instead of an ``Authorization`` header), ``timeout_s`` (local: how long to
     wait for another process's lock; hosted: per request), ``clock`` (tests).
     """
