@@ -15,6 +15,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
 import orjson
@@ -32,7 +33,7 @@ from ledger.client import (
 )
 from ledger.client.calls import key_of
 from ledger.domain.errors import InvalidUsage
-from ledger.domain.events import BATCH_EVENTS_MAX, UsageEvent
+from ledger.domain.events import BATCH_EVENTS_MAX, UsageEvent, with_received_time
 from ledger.kafka import client_options
 from ledger.publishing import BATCH_EVENTS_DEFAULT, usage_messages
 from ledger.settings import Settings
@@ -92,15 +93,18 @@ class Published:
 
 
 def validated_events(events: UsageInput | Iterable[UsageInput]) -> list[UsageEvent]:
-    """Every event as a ``UsageEvent``; the first invalid one raises ``InvalidUsageEvent``."""
+    """Every event as a ``UsageEvent``; the first invalid one raises ``InvalidUsageEvent``.
+    A dict without ``occurred_at`` occurred now, as over HTTP or on Kafka
+    (``with_received_time``)."""
     items: Iterable[UsageInput] = [events] if isinstance(events, UsageEvent | Mapping) else events
+    received_at = datetime.now(UTC)
     checked: list[UsageEvent] = []
     for index, item in enumerate(items):
         if isinstance(item, UsageEvent):
             checked.append(item)
             continue
         try:
-            checked.append(UsageEvent.model_validate(item))
+            checked.append(UsageEvent.model_validate(with_received_time(dict(item), received_at)))
         except ValidationError as exc:
             event_id = item.get("event_id") if isinstance(item, Mapping) else None
             raise InvalidUsageEvent(index, event_id if isinstance(event_id, str) else None, exc) from exc

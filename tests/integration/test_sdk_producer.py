@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ledger.sdk import (
     SpendLedgerProducer,
     publish_usage,
     subscribe_alerts,
+    validated_events,
 )
 from ledger.settings import Settings
 from tests.integration.builders import MakeLedger, charged, command, has_limits, usage
@@ -84,9 +86,15 @@ def test_invalid_event_raises_before_anything_is_sent(make_ledger: MakeLedger, t
         _publish(ledger, [usage("fine-1"), bad, usage("fine-2")])
     assert (caught.value.index, caught.value.event_id, caught.value.field) == (1, "bad-1", "usage.prompt_tokens")
     assert "bad-1" in str(caught.value)
+    bad_time = {"event_id": "bad-time", "occurred_at": "yesterday", "model": "gpt-4o", "usage": {"prompt_tokens": 1}}
     with pytest.raises(InvalidUsageEvent, match="occurred_at"):
-        publish_usage({"event_id": "no-time", "model": "gpt-4o", "usage": {"prompt_tokens": 1}}, ledger.settings)
+        publish_usage(bad_time, ledger.settings)
     assert _usage_ends(ledger) == before
+    # Without occurred_at, as over HTTP or on Kafka, an event occurred when it was published.
+    published_from = datetime.now(UTC)
+    (stamped,) = validated_events({"event_id": "no-time", "model": "gpt-4o", "usage": {"prompt_tokens": 1}})
+    assert stamped.occurred_at_source == "received"
+    assert published_from <= stamped.occurred_at <= datetime.now(UTC)
 
     # The sync wrapper publishes a lone event as one message.
     assert publish_usage(usage("sync-1"), ledger.settings) == Published(["sync-1"], 1, 1)
