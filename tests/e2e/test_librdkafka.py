@@ -123,20 +123,35 @@ def test_a_usage_batch_from_a_librdkafka_producer_is_charged_per_event_and_once(
     assert spend_nanos == {"gpt-4o-mini": 3 * MINI_CALL_NANOS, "gpt-4o": FULL_CALL_NANOS}
 
 
-def test_a_transactional_producer_works_and_an_aborted_transactions_usage_is_charged_too(
-    admin: httpx.Client, stack_broker: str
-) -> None:
-    # The worker reads uncommitted records (Faust without exactly_once), on any broker.
+def test_a_transactional_producers_committed_usage_is_charged(admin: httpx.Client, stack_broker: str) -> None:
+    # The embedded broker does not honour aborts (a read_committed consumer still reads an
+    # aborted record), so what an aborted transaction does is not tested here.
     team = unique("rdkafka-transactions")
     producer = Producer({"bootstrap.servers": stack_broker, "transactional.id": unique("rdkafka-tx")})
     producer.init_transactions(FLUSH_TIMEOUT_S)
-    for end in (producer.commit_transaction, producer.abort_transaction):
-        producer.begin_transaction()
-        event = usage_event(unique("rdkafka"), team)
-        publish(producer, [(event["event_id"], event)])
-        end(FLUSH_TIMEOUT_S)
+    producer.begin_transaction()
+    event = usage_event(unique("rdkafka"), team)
+    publish(producer, [(event["event_id"], event)])
+    producer.commit_transaction(FLUSH_TIMEOUT_S)
 
-    assert charged(admin, team, 2)["total_spend_nanos"] == 2 * MINI_CALL_NANOS
+    assert charged(admin, team, 1)["total_spend_nanos"] == MINI_CALL_NANOS
+
+
+def test_an_event_without_occurred_at_is_charged_at_its_records_timestamp(
+    admin: httpx.Client, stack_broker: str
+) -> None:
+    team = unique("rdkafka-timeless")
+    event = usage_event(unique("rdkafka"), team)
+    del event["occurred_at"]
+    sent_ms = int(time.time() * 1000) - 3 * 86_400_000  # three days ago: not when it was read
+    producer = Producer({"bootstrap.servers": stack_broker})
+    producer.produce(TOPICS.usage, json.dumps(event).encode(), key=event["event_id"], timestamp=sent_ms)
+    assert producer.flush(FLUSH_TIMEOUT_S) == 0
+
+    assert charged(admin, team, 1)["total_spend_nanos"] == MINI_CALL_NANOS
+    entries = admin.get("/v1/spend", params={"scope": f"team:{team}", "group_by": "hour"}).json()["rows"]
+    hour_start = datetime.fromtimestamp(sent_ms // 3_600_000 * 3_600, UTC)
+    assert [(datetime.fromisoformat(row["groups"]["hour"]), row["entry_count"]) for row in entries] == [(hour_start, 1)]
 
 
 def test_a_consumer_group_reads_an_alert_sent_before_it_joined(admin: httpx.Client, stack_broker: str) -> None:
