@@ -1,25 +1,28 @@
 """BudgetManager benchmark: ``update_cost`` calls per second, ours (``client_type="local"``)
 against LiteLLM's local ``BudgetManager``, the one ours replaces, in the same run.
 
-    python -m bench.budget_manager [--updates 1000] [--work-dir DIR]
+    python -m bench.budget_manager [--updates 1000] [--rounds 5] [--work-dir DIR]
 
 Both managers charge the same completion (a LiteLLM ``ModelResponse`` for ``gpt-4o``, 100
 prompt and 100 completion tokens: $0.00125 in both price books) ``--updates`` times to a
-fresh user with a budget, one manager after the other, in this process. Each call carries
-a completion id of its own, as real calls do (ours charges a repeated id once). Each
-manager works in a directory of its own (LiteLLM's writes ``user_cost.json`` in the working
-directory) and charges one call to another user before the clock starts, so imports and
-price-book loading are not timed.
+fresh user with a budget, in this process. Each call carries a completion id of its own,
+as real calls do (ours charges a repeated id once). In each of ``--rounds`` rounds both
+run, one after the other (who goes first alternates), each a new manager in a directory of
+its own (LiteLLM's writes ``user_cost.json`` in the working directory) that charges one
+call to another user before the clock starts, so imports and price-book loading are not
+timed. A manager's rate is its median round: other work on a shared machine that lands on
+one round moves neither much.
 
 LiteLLM's ``update_cost`` returns before its change is saved (it saves the whole dict from
 a new thread each time, so the last updates before a crash are lost); its rate counts the
 calls, and the saving threads are waited for after its clock stops. Ours returns once the
 update is committed to its file.
 
-``ratio`` is ours over LiteLLM's. ``ours_exact``: our stored cost equals ``--updates`` times
-the call's price in nano-USD, priced apart from the manager. ``litellm_cost`` is the float
-LiteLLM's ``current_cost`` holds (it adds floats, so it drifts), ``ours_cost`` our
-``get_current_cost``. Progress goes to stderr; the last line of stdout is JSON.
+``ratio`` is ours over LiteLLM's. ``ours_exact``: in every round our stored cost equals
+``--updates`` times the call's price in nano-USD, priced apart from the manager.
+``litellm_cost`` is the float LiteLLM's ``current_cost`` holds (it adds floats, so it
+drifts), ``ours_cost`` our ``get_current_cost``. Progress goes to stderr; the last line of
+stdout is JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -49,6 +53,7 @@ USER = "bench-user"
 WARM_UP_USER = "bench-warm-up"
 TOTAL_BUDGET_USD = 1_000_000  # never reached: the benchmark measures charging, not refusing
 UPDATES_MAX = 1_000_000
+ROUNDS_MAX = 100
 SAVE_THREADS_TIMEOUT_S = 60.0
 
 
@@ -126,11 +131,14 @@ def run_ours(work_dir: Path, calls: list[Any], warm_up: Any) -> tuple[float, int
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=1_000, help="update_cost calls per manager")
+    parser.add_argument("--updates", type=int, default=1_000, help="update_cost calls per manager and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; a manager's rate is its median round")
     parser.add_argument("--work-dir", type=Path, default=None, help="the managers' files (default: a new temp dir)")
     args = parser.parse_args(argv)
     if not 1 <= args.updates <= UPDATES_MAX:
         parser.error(f"--updates is within 1..{UPDATES_MAX}")
+    if not 1 <= args.rounds <= ROUNDS_MAX:
+        parser.error(f"--rounds is within 1..{ROUNDS_MAX}")
     return args
 
 
@@ -139,31 +147,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network: LiteLLM's bundled prices
     work_dir: Path = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-budget-manager-"))
-    (work_dir / "litellm").mkdir(parents=True, exist_ok=True)
-    (work_dir / "ours").mkdir(parents=True, exist_ok=True)
     run_id = f"{time.time_ns():x}"
     calls = completions(args.updates + 1, run_id)
     warm_up, calls = calls[0], calls[1:]
-    price_nanos = call_price_nanos()
+    expected_nanos = args.updates * call_price_nanos()
 
-    litellm_s, litellm_cost = run_litellm(work_dir / "litellm", calls, warm_up)
-    log(f"litellm: {args.updates} updates in {litellm_s:.3f} s, current_cost {litellm_cost!r}")
-    ours_s, ours_cost_nanos, ours_cost = run_ours(work_dir / "ours", calls, warm_up)
-    log(f"ours: {args.updates} updates in {ours_s:.3f} s, current_cost {ours_cost_nanos} nanos")
+    litellm_s: list[float] = []
+    ours_s: list[float] = []
+    litellm_cost, ours_cost, ours_costs_nanos = 0.0, 0.0, []
+    for round_number in range(args.rounds):
+        litellm_dir, ours_dir = work_dir / f"litellm-{round_number}", work_dir / f"ours-{round_number}"
+        litellm_dir.mkdir(parents=True, exist_ok=True)
+        ours_dir.mkdir(parents=True, exist_ok=True)
+        for manager in ("litellm", "ours") if round_number % 2 == 0 else ("ours", "litellm"):
+            if manager == "litellm":
+                elapsed_s, litellm_cost = run_litellm(litellm_dir, calls, warm_up)
+                litellm_s.append(elapsed_s)
+            else:
+                elapsed_s, cost_nanos, ours_cost = run_ours(ours_dir, calls, warm_up)
+                ours_s.append(elapsed_s)
+                ours_costs_nanos.append(cost_nanos)
+        log(
+            f"round {round_number + 1}: litellm {args.updates / litellm_s[-1]:.0f}/s ({litellm_cost!r}), "
+            f"ours {args.updates / ours_s[-1]:.0f}/s ({ours_costs_nanos[-1]} nanos)"
+        )
 
-    litellm_rate, ours_rate = args.updates / litellm_s, args.updates / ours_s
-    expected_nanos = args.updates * price_nanos
+    litellm_rate, ours_rate = args.updates / statistics.median(litellm_s), args.updates / statistics.median(ours_s)
     result = {
         "bench": "budget_manager",
         "updates": args.updates,
+        "rounds": args.rounds,
         "litellm_updates_per_s": round(litellm_rate, 1),
         "ours_updates_per_s": round(ours_rate, 1),
         "ratio": round(ours_rate / litellm_rate, 2),
-        "ours_exact": ours_cost_nanos == expected_nanos,
+        "ours_exact": all(nanos == expected_nanos for nanos in ours_costs_nanos),
         "litellm_cost": litellm_cost,
         "ours_cost": ours_cost,
-        "ours_cost_nanos": ours_cost_nanos,
+        "ours_cost_nanos": ours_costs_nanos[-1],
         "expected_cost_nanos": expected_nanos,
+        "litellm_updates_per_s_by_round": [round(args.updates / seconds, 1) for seconds in litellm_s],
+        "ours_updates_per_s_by_round": [round(args.updates / seconds, 1) for seconds in ours_s],
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

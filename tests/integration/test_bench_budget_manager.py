@@ -13,6 +13,7 @@ from bench.budget_manager import main
 from tests.integration.builders import last_json_line, run_bench
 
 UPDATES = 20
+ROUNDS = 2
 CALL_PRICE_NANOS = 1_250_000  # gpt-4o, 100 prompt and 100 completion tokens: $0.00125
 FIELDS = {
     "bench", "litellm_updates_per_s", "ours_updates_per_s", "ratio", "ours_exact", "litellm_cost", "ours_cost",
@@ -23,7 +24,9 @@ FIELDS = {
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any], Path]:
     """One tiny run of the benchmark: what it printed, what it returned, where its files are."""
     work_dir = tmp_path_factory.mktemp("bench-budget-manager")
-    printed, returned = run_bench(main, ["--updates", str(UPDATES), "--work-dir", str(work_dir)])
+    printed, returned = run_bench(
+        main, ["--updates", str(UPDATES), "--rounds", str(ROUNDS), "--work-dir", str(work_dir)]
+    )
     return printed, returned, work_dir
 
 
@@ -35,10 +38,13 @@ def test_last_line_is_the_result_as_json(tiny_run: tuple[str, dict[str, Any], Pa
     assert result == returned
     assert set(result) >= FIELDS
     assert result["bench"] == "budget_manager"
-    assert result["updates"] == UPDATES
+    assert (result["updates"], result["rounds"]) == (UPDATES, ROUNDS)
     for name in ("litellm_updates_per_s", "ours_updates_per_s", "ratio"):
         assert isinstance(result[name], float), name
         assert result[name] > 0, name
+    for name in ("litellm_updates_per_s_by_round", "ours_updates_per_s_by_round"):
+        assert len(result[name]) == ROUNDS, name
+        assert all(rate > 0 for rate in result[name]), name
 
 
 @pytest.mark.timeout(300)
@@ -57,6 +63,7 @@ def test_our_cost_is_exact_and_litellm_charged_the_same_calls(tiny_run: tuple[st
 def test_each_manager_kept_its_file_in_a_directory_of_its_own(tiny_run: tuple[str, dict[str, Any], Path]) -> None:
     _, _, work_dir = tiny_run
 
-    assert (work_dir / "litellm" / "user_cost.json").is_file()
-    assert not (work_dir / "ours" / "user_cost.json").exists()
-    assert (work_dir / "ours" / "budgets.sqlite").is_file()
+    for round_number in range(ROUNDS):
+        assert (work_dir / f"litellm-{round_number}" / "user_cost.json").is_file()
+        assert not (work_dir / f"ours-{round_number}" / "user_cost.json").exists()
+        assert (work_dir / f"ours-{round_number}" / "budgets.sqlite").is_file()
