@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.domain.money import MoneyError, usd_to_nanos
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+UNPRICED_ESTIMATE_USD_MAX = Decimal(1_000)  # a call's fallback estimate; more is a typo
 
 
 class Settings(BaseSettings):
@@ -81,9 +85,29 @@ class Settings(BaseSettings):
     priority_reservation: dict[str, float] = Field(default_factory=dict, max_length=64)
     # The output tokens an admit assumes when it gives no max_tokens (an upper bound).
     admission_default_max_tokens: int = Field(default=4_096, ge=1, le=10_000_000)
+    # What an admit holds for a call whose model has no price (an alias no config names,
+    # a new model). Unset: such a call is refused, never run unheld or held as free.
+    admission_unpriced_estimate_usd: Decimal | None = Field(
+        default=None, gt=0, le=UNPRICED_ESTIMATE_USD_MAX, allow_inf_nan=False
+    )
     # Names this api instance on ``admissions``; default: the host and the store's path,
     # so a restarted api owns (and expires) the holds it took before.
     api_instance_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+
+    @property
+    def admission_unpriced_estimate_nanos(self) -> int | None:
+        if self.admission_unpriced_estimate_usd is None:
+            return None
+        return usd_to_nanos(self.admission_unpriced_estimate_usd, exact=True)
+
+    @model_validator(mode="after")
+    def _unpriced_estimate_in_nanos(self) -> Self:
+        if self.admission_unpriced_estimate_usd is not None:
+            try:
+                usd_to_nanos(self.admission_unpriced_estimate_usd, exact=True)
+            except MoneyError as exc:
+                raise ValueError(f"admission_unpriced_estimate_usd: {exc}") from exc
+        return self
 
     @model_validator(mode="after")
     def _reservation_fractions(self) -> Self:

@@ -27,9 +27,9 @@ from ledger.domain.admission import Admission, AdmitRequest, Estimate, Hold, Req
 from ledger.domain.checks import TAGS_PER_CHECK_MAX, call_scopes
 from ledger.domain.errors import InvalidUsage, UnpricedModel
 from ledger.domain.events import TOKENS_PER_FIELD_MAX, EventId, Identifier, ModelName, TokenCount, TokenUsage
+from ledger.domain.model_groups import DEPLOYMENT_MODELS_MAX, CallModels, call_models, dearest_estimate
 from ledger.domain.money import MoneyError, usd_to_nanos
-from ledger.domain.pricing import usage_cost_nanos
-from ledger.domain.rate_shares import CAPACITY_MAX, PriorityName, RateLimitRecord, Reservation, rate_key
+from ledger.domain.rate_shares import CAPACITY_MAX, PriorityName, RateBook, RateLimitRecord, Reservation, rate_key
 from ledger.domain.scopes import InvalidScope
 from ledger.tokenizer import count_tokens
 
@@ -60,12 +60,24 @@ class ChatMessage(BaseModel):
 class AdmitBody(BaseModel):
     """``POST /v1/admit``: the call, its scopes, and an estimate: ``prompt_tokens`` or
     ``messages`` plus ``max_tokens`` (default: the ``admission_default_max_tokens``
-    setting), or a ``cost`` in USD."""
+    setting), or a ``cost`` in USD. The model: ``model``, a ``model_group`` (a LiteLLM
+    proxy ``model_name``, whose TPM/RPM shares the call uses), or both."""
 
     model_config = REQUEST
 
     request_id: EventId = Field(description="the id the call's usage event will carry")
-    model: ModelName
+    model: ModelName | None = Field(
+        default=None, description="the model the call is priced as; alone, a group whose models are recorded"
+    )
+    model_group: ModelName | None = Field(
+        default=None, description="the LiteLLM model_name whose TPM/RPM shares the call uses (default: model)"
+    )
+    models: list[ModelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DEPLOYMENT_MODELS_MAX,
+        description="the models the group's deployments are priced as; the dearest is estimated",
+    )
     user: Identifier | None = None
     team: Identifier | None = None
     key: Identifier | None = None
@@ -83,6 +95,10 @@ class AdmitBody(BaseModel):
     def _one_prompt(self) -> AdmitBody:
         if self.prompt_tokens is not None and self.messages is not None:
             raise ValueError("give prompt_tokens or messages, not both")
+        if self.model is None and self.model_group is None:
+            raise ValueError("give model, model_group or both")
+        if self.model is not None and self.models is not None:
+            raise ValueError("give model or models, not both")
         return self
 
 
@@ -111,6 +127,7 @@ class AdmitView(BaseModel):
     admitted: bool = True
     state: str
     model: str
+    model_group: str | None
     rate_key: str
     priority: str | None
     estimate_cost: float
@@ -134,11 +151,17 @@ class ModelLimitsBody(BaseModel):
 
     tpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="tokens a minute")
     rpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="requests a minute")
+    models: list[ModelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DEPLOYMENT_MODELS_MAX,
+        description="the models the group's deployments are priced as (an alias's), for admits that name the group",
+    )
 
     @model_validator(mode="after")
     def _some(self) -> ModelLimitsBody:
-        if self.tpm is None and self.rpm is None:
-            raise ValueError("set tpm, rpm or both; DELETE removes a model's limits")
+        if self.tpm is None and self.rpm is None and self.models is None:
+            raise ValueError("set tpm, rpm, models or several; DELETE removes a model's limits")
         return self
 
 
@@ -146,6 +169,7 @@ class ModelLimitsView(BaseModel):
     model: str
     tpm: int | None
     rpm: int | None
+    models: list[str] | None = None
     applied: bool = True
 
 
@@ -162,9 +186,10 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-async def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Estimate:
-    """The call's cost and tokens, priced with the current book from its prompt tokens and
-    ``max_tokens`` (an upper bound when ``max_tokens`` caps the reply)."""
+async def estimate_call(body: AdmitBody, models: CallModels, api: ApiServices, at: datetime) -> tuple[str, Estimate]:
+    """The model the call is priced as and its cost and tokens, priced with the current
+    book from its prompt tokens and ``max_tokens`` (an upper bound when ``max_tokens``
+    caps the reply) as the dearest of its group's models."""
     if body.prompt_tokens is not None:
         prompt = body.prompt_tokens
     elif body.messages is not None:
@@ -179,7 +204,7 @@ async def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Esti
     tokens = prompt + output
     if body.cost is not None:
         try:
-            return Estimate(usd_to_nanos(body.cost, exact=True), tokens)
+            return models.candidates[0], Estimate(usd_to_nanos(body.cost, exact=True), tokens)
         except MoneyError as exc:
             raise ApiError(422, f"cost: {exc}", "invalid_request", field="cost") from exc
     book = api.admission.price_book
@@ -188,13 +213,23 @@ async def estimate_call(body: AdmitBody, api: ApiServices, at: datetime) -> Esti
     # Both counts are within TokenCount's range (max_tokens was validated, prompt is capped).
     usage = TokenUsage.model_construct(prompt_tokens=min(prompt, TOKENS_PER_FIELD_MAX), completion_tokens=output)
     try:
-        return Estimate(usage_cost_nanos(book, body.model, usage, at), tokens)
+        priced = dearest_estimate(book, models, usage, at, api.settings.admission_unpriced_estimate_nanos)
     except UnpricedModel as exc:
-        raise ApiError(
-            422, f"{exc}; give the call's estimated cost as `cost` to admit it", "unpriced_model", field="model"
-        ) from exc
+        raise ApiError(422, unpriced_message(exc, models.group), "unpriced_model", field="model") from exc
     except (InvalidUsage, ValueError) as exc:
         raise ApiError(422, f"cannot estimate the call: {exc}", "invalid_request") from exc
+    return priced.model, Estimate(priced.cost_nanos, tokens)
+
+
+def unpriced_message(exc: UnpricedModel, group: str) -> str:
+    """Why a call is refused, and the three ways to admit it."""
+    named = f"model group {group!r}: " if group != exc.model else ""
+    return (
+        f"{named}{exc}, so the call cannot be held and is refused; set "
+        "SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD to hold a fallback estimate for such calls, "
+        "give the call's estimated cost as `cost`, or record the group's models "
+        "(`spend-ledger limits import config.yaml`)"
+    )
 
 
 ADMIT_BODY_BYTES_MAX = 4 * 1024 * 1024  # messages to count included
@@ -246,11 +281,14 @@ async def admit(request: Request) -> Response:
         scopes = call_scopes(user=body.user, team=body.team, key=body.key, end_user=body.end_user, tags=body.tags)
     except (InvalidScope, ValueError) as exc:
         raise ApiError(422, str(exc), "invalid_scope") from exc
-    estimate = await estimate_call(body, api, at)
+    try:
+        models = call_models(body.model, body.model_group, body.models or (), service.book.rates.group_models)
+    except ValueError as exc:
+        raise ApiError(422, str(exc), "invalid_request", field="models") from exc
+    priced_as, estimate = await estimate_call(body, models, api, at)
     who = rate_key(body.key, body.user)
-    wanted = AdmitRequest(
-        body.request_id, scopes, body.model, who, service.book.rates.priority_of(who, body.priority), estimate
-    )
+    priority = service.book.rates.priority_of(who, body.priority)
+    wanted = AdmitRequest(body.request_id, scopes, priced_as, who, priority, estimate, models.group)
     if not service.book.rates.knows(wanted.priority):
         known = sorted(service.book.rates.reservations)
         message = f"priority {wanted.priority!r} is not in priority_reservation {known}"
@@ -332,6 +370,7 @@ def hold_view(hold: Hold) -> dict[str, Any]:
         "state": hold.state,
         "instance_id": hold.instance_id,
         "model": hold.model,
+        "model_group": hold.model_group,
         "rate_key": hold.rate_key,
         "priority": hold.priority,
         "scope_keys": list(hold.scope_keys),
@@ -417,27 +456,44 @@ class ModelLimitsProbe(BaseModel):
     summary="Set a model's TPM/RPM capacity",
 )
 async def put_model_limits(api: Services, model: ModelPath, body: Annotated[ModelLimitsBody, Body()]) -> Response:
-    """The model's capacity across all its deployments; keys share it (DESIGN section 10)."""
+    """The model group's capacity across all its deployments (keys share it, DESIGN section
+    10), and the models they are priced as; replaces all three."""
     name = _model_name(model)
-    record = _record(kind="model", model=name, tpm=body.tpm, rpm=body.rpm)
+    models = None if body.models is None else tuple(dict.fromkeys(body.models))
+    record = _record(kind="model", model=name, tpm=body.tpm, rpm=body.rpm, models=models)
     rates = api.admission.book.rates
 
     def applied() -> bool:
         found = rates.capacities.get(name)
-        return found is not None and (found.tpm, found.rpm) == (body.tpm, body.rpm)
+        capacity = None if found is None else (found.tpm, found.rpm)
+        wanted = None if body.tpm is None and body.rpm is None else (body.tpm, body.rpm)
+        return capacity == wanted and rates.group_models.get(name) == models
 
     done = await publish_rate_limit(api, record, applied)
-    return _json({"model": name, "tpm": body.tpm, "rpm": body.rpm, "applied": done}, 200 if done else 202)
+    view = {"model": name, "tpm": body.tpm, "rpm": body.rpm, "models": None if models is None else list(models)}
+    return _json({**view, "applied": done}, 200 if done else 202)
 
 
 @router.get(
     "/v1/models/{model:path}/limits", dependencies=[ADMIN], response_model=ModelLimitsView, summary="A model's capacity"
 )
 async def get_model_limits(api: Services, model: ModelPath) -> Response:
-    found = api.admission.book.rates.capacities.get(model)
-    if found is None:
-        raise ApiError(404, f"{model!r} has no TPM/RPM limits", "not_found")
-    return _json({"model": model, "tpm": found.tpm, "rpm": found.rpm, "applied": True})
+    rates = api.admission.book.rates
+    if model not in rates.capacities and model not in rates.group_models:
+        raise ApiError(404, f"{model!r} has no TPM/RPM limits or models", "not_found")
+    return _json(_model_limits(rates, model))
+
+
+def _model_limits(rates: RateBook, model: str) -> dict[str, Any]:
+    found = rates.capacities.get(model)
+    models = rates.group_models.get(model)
+    return {
+        "model": model,
+        "tpm": None if found is None else found.tpm,
+        "rpm": None if found is None else found.rpm,
+        "models": None if models is None else list(models),
+        "applied": True,
+    }
 
 
 @router.delete(
@@ -449,19 +505,20 @@ async def get_model_limits(api: Services, model: ModelPath) -> Response:
 async def delete_model_limits(api: Services, model: ModelPath) -> Response:
     name = _model_name(model)
     rates = api.admission.book.rates
-    if name not in rates.capacities:
-        raise ApiError(404, f"{name!r} has no TPM/RPM limits", "not_found")
-    done = await publish_rate_limit(api, _record(kind="model", model=name), lambda: name not in rates.capacities)
+    if name not in rates.capacities and name not in rates.group_models:
+        raise ApiError(404, f"{name!r} has no TPM/RPM limits or models", "not_found")
+
+    def applied() -> bool:
+        return name not in rates.capacities and name not in rates.group_models
+
+    done = await publish_rate_limit(api, _record(kind="model", model=name), applied)
     return _json({"model": name, "tpm": None, "rpm": None, "applied": done}, 200 if done else 202)
 
 
 @router.get("/v1/models/limits", dependencies=[ADMIN], response_model=RateLimitsView, summary="Every model's capacity")
 async def list_model_limits(api: Services) -> Response:
     rates = api.admission.book.rates
-    models = [
-        {"model": name, "tpm": found.tpm, "rpm": found.rpm, "applied": True}
-        for name, found in sorted(rates.capacities.items())
-    ]
+    models = [_model_limits(rates, name) for name in sorted({*rates.capacities, *rates.group_models})]
     return _json(
         {
             "models": models,

@@ -89,8 +89,9 @@ def limits_import(
     """Set each model's TPM/RPM from a LiteLLM proxy config: its deployments' capacities add up.
 
     A deployment's tpm/rpm is read where LiteLLM's router reads it (the model_list entry, its
-    litellm_params, its model_info). A model_name none of whose deployments has one is not
-    imported; models absent from the config keep their limits.
+    litellm_params, its model_info). A model_name that is an alias (team-gpt for gpt-4o) has
+    its deployments' models recorded too, so admits naming it are priced as them. A
+    model_name with neither is not imported; models absent from the config keep their limits.
     """
     capacities = _read_config(config)
     done: list[tuple[ModelCapacity, bool]] = []
@@ -99,8 +100,10 @@ def limits_import(
 
         try:
             with open_client(url, key) as client:
-                for model in capacities.with_limits:
-                    written = client.set_model_limits(model.model_name, tpm=model.tpm, rpm=model.rpm)
+                for model in capacities.to_import:
+                    written = client.set_model_limits(
+                        model.model_name, tpm=model.tpm, rpm=model.rpm, models=model.alias_models
+                    )
                     done.append((model, written.applied))
         except LedgerClientError as exc:
             if done and not as_json:
@@ -117,11 +120,12 @@ def limits_import(
                         "model": model.model_name,
                         "tpm": model.tpm,
                         "rpm": model.rpm,
+                        "models": model.alias_models,
                         "deployments": model.deployments,
                         "set": model.model_name in applied,
                         "applied": applied.get(model.model_name, False),
                     }
-                    for model in capacities.with_limits
+                    for model in capacities.to_import
                 ],
                 "without_limits": list(capacities.without_limits),
             }
@@ -131,7 +135,7 @@ def limits_import(
         console.print(f"{escape(str(config))}: model_list has no models; nothing to import")
         return
     console.print(_import_table(capacities, done, dry_run, str(config)))
-    count = len(capacities.with_limits)
+    count = len(capacities.to_import)
     models = f"{count} model{'' if count == 1 else 's'}"
     if dry_run:
         console.print(f"dry run: would set {models}; nothing was sent")
@@ -226,11 +230,11 @@ def _import_table(
     capacities: ConfigCapacities, done: list[tuple[ModelCapacity, bool]], dry_run: bool, title: str
 ) -> Table:
     table = Table(title=title, caption="capacities a minute, each model_name's deployments added up")
-    for column in ("model", "tpm", "rpm", "deployments", "status"):
+    for column in ("model", "tpm", "rpm", "priced as", "deployments", "status"):
         table.add_column(column, justify="right" if column in ("tpm", "rpm", "deployments") else "left")
     set_now = {model.model_name for model, _ in done}
     for model in capacities.models:
-        if not model.has_limits:
+        if not model.has_limits and not model.is_alias:
             status = "no limits (not imported)"
         elif dry_run:
             status = "would set"
@@ -240,6 +244,7 @@ def _import_table(
             model.model_name,
             "-" if model.tpm is None else str(model.tpm),
             "-" if model.rpm is None else str(model.rpm),
+            escape(", ".join(model.alias_models or ())) or "itself",
             _deployments_text(model),
             status,
         )

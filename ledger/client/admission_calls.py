@@ -40,6 +40,7 @@ class HoldInfo(Answer):
     request_id: str
     state: str
     model: str
+    model_group: str | None = None
     rate_key: str | None = None
     priority: str | None = None
     scope_keys: list[str] = Field(default_factory=list)
@@ -87,6 +88,7 @@ class ModelLimitsInfo(Answer):
     model: str
     tpm: int | None = None
     rpm: int | None = None
+    models: list[str] | None = None
     applied: bool = True
 
 
@@ -120,8 +122,10 @@ def _decode_admit(response: httpx.Response) -> Admitted:
 
 def admit_call(
     request_id: str,
-    model: str,
+    model: str | None,
     *,
+    model_group: str | None = None,
+    models: Sequence[str] | None = None,
     user: str | None = None,
     team: str | None = None,
     key: str | None = None,
@@ -133,9 +137,14 @@ def admit_call(
     max_tokens: int | None = None,
     cost: Money | None = None,
 ) -> Call[Admitted]:
-    """``POST /v1/admit``; a refusal raises ``BudgetRefused`` or ``RateLimited``."""
-    body: dict[str, Any] = {"request_id": request_id, "model": model}
+    """``POST /v1/admit``; a refusal raises ``BudgetRefused`` or ``RateLimited``. ``model``
+    may be None when ``model_group`` names the call's group."""
+    body: dict[str, Any] = {"request_id": request_id}
+    if models is not None:
+        body["models"] = list(models)
     for name, value in (
+        ("model", model),
+        ("model_group", model_group),
         ("user", user),
         ("team", team),
         ("key", key),
@@ -175,8 +184,12 @@ def admissions_call(scope: str | None = None, limit: int = 1_000) -> Call[list[H
     return Call("GET", "/v1/admissions", decode, params=tuple(params))
 
 
-def set_model_limits_call(model: str, *, tpm: int | None = None, rpm: int | None = None) -> Call[ModelLimitsInfo]:
-    body = {name: value for name, value in (("tpm", tpm), ("rpm", rpm)) if value is not None}
+def set_model_limits_call(
+    model: str, *, tpm: int | None = None, rpm: int | None = None, models: Sequence[str] | None = None
+) -> Call[ModelLimitsInfo]:
+    body: dict[str, Any] = {name: value for name, value in (("tpm", tpm), ("rpm", rpm)) if value is not None}
+    if models is not None:
+        body["models"] = list(models)
     return Call("PUT", f"/v1/models/{_segment(model)}/limits", decoder(ModelLimitsInfo), body=json_body(body))
 
 

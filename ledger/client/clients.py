@@ -221,7 +221,7 @@ class LedgerClient:
 
     # -- admission (DESIGN section 10) ---------------------------------------------------
 
-    def admit(self, request_id: str, model: str, **call: Any) -> Admitted:
+    def admit(self, request_id: str, model: str | None, **call: Any) -> Admitted:
         """Hold a call's estimated cost and rate share (``POST /v1/admit``); ``call`` takes
         user, team, key, end_user, tags, priority, prompt_tokens or messages, max_tokens,
         or cost. Raises ``BudgetRefused`` (402) or ``RateLimited`` (429)."""
@@ -235,9 +235,12 @@ class LedgerClient:
         """Open holds, oldest first (of ``scope`` only, if given)."""
         return self.run(admissions_call(scope, limit))
 
-    def set_model_limits(self, model: str, *, tpm: int | None = None, rpm: int | None = None) -> ModelLimitsInfo:
-        """A model's TPM/RPM capacity, shared by the keys that call it."""
-        return self.run(set_model_limits_call(model, tpm=tpm, rpm=rpm))
+    def set_model_limits(
+        self, model: str, *, tpm: int | None = None, rpm: int | None = None, models: Sequence[str] | None = None
+    ) -> ModelLimitsInfo:
+        """A model group's TPM/RPM capacity, shared by the keys that call it, and the
+        models its deployments are priced as."""
+        return self.run(set_model_limits_call(model, tpm=tpm, rpm=rpm, models=models))
 
     def delete_model_limits(self, model: str) -> ModelLimitsInfo:
         return self.run(delete_model_limits_call(model))
@@ -400,7 +403,7 @@ class AsyncLedgerClient:
 
     # -- admission ---------------------------------------------------------------------
 
-    async def admit(self, request_id: str, model: str, **call: Any) -> Admitted:
+    async def admit(self, request_id: str, model: str | None, **call: Any) -> Admitted:
         """See ``LedgerClient.admit``."""
         return await self._run(admit_call(request_id, model, **call))
 
@@ -410,8 +413,10 @@ class AsyncLedgerClient:
     async def admissions(self, scope: str | None = None, limit: int = 1_000) -> list[HoldInfo]:
         return await self._run(admissions_call(scope, limit))
 
-    async def set_model_limits(self, model: str, *, tpm: int | None = None, rpm: int | None = None) -> ModelLimitsInfo:
-        return await self._run(set_model_limits_call(model, tpm=tpm, rpm=rpm))
+    async def set_model_limits(
+        self, model: str, *, tpm: int | None = None, rpm: int | None = None, models: Sequence[str] | None = None
+    ) -> ModelLimitsInfo:
+        return await self._run(set_model_limits_call(model, tpm=tpm, rpm=rpm, models=models))
 
     async def delete_model_limits(self, model: str) -> ModelLimitsInfo:
         return await self._run(delete_model_limits_call(model))

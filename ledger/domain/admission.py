@@ -53,6 +53,7 @@ class AdmissionEvent(BaseModel):
     instance_id: InstanceId
     scope_keys: tuple[ScopeKey, ...] = Field(default=(), max_length=SCOPES_PER_HOLD_MAX)
     model: ModelName | None = None
+    model_group: ModelName | None = None  # None: the group is ``model`` (records before groups)
     rate_key: str | None = Field(default=None, max_length=300)
     priority: PriorityName | None = None
     estimate_nanos: Nanos = 0
@@ -72,7 +73,9 @@ class AdmissionEvent(BaseModel):
 
 @dataclass(slots=True)
 class Hold:
-    """An open hold, or one settled whose charge some scope's state does not show yet."""
+    """An open hold, or one settled whose charge some scope's state does not show yet.
+    ``model`` is what it is priced as (per-model budget limits count it), ``model_group``
+    whose TPM/RPM shares it uses."""
 
     request_id: str
     scope_keys: tuple[str, ...]
@@ -84,9 +87,15 @@ class Hold:
     held_at: datetime
     expires_at: datetime
     instance_id: str
+    model_group: str | None = None  # None: the model is its own group
     state: AdmissionState = "held"
     # While settled: per scope still waiting, the charge's (source, offset) and cost.
     waiting: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+    @property
+    def rate_model(self) -> str:
+        """What its rate shares are counted on: its group."""
+        return self.model_group or self.model
 
     def event(self, state: AdmissionState, at: datetime, instance_id: str, **extra: int | None) -> AdmissionEvent:
         """The ``admissions`` record of this hold taking ``state``."""
@@ -99,6 +108,7 @@ class Hold:
             instance_id=self.instance_id,
             scope_keys=self.scope_keys,
             model=self.model,
+            model_group=self.model_group,
             rate_key=self.rate_key,
             priority=self.priority,
             estimate_nanos=self.estimate_nanos,
@@ -117,12 +127,20 @@ class Estimate:
 
 @dataclass(frozen=True, slots=True)
 class AdmitRequest:
+    """A call to admit: ``model`` is what it is priced as, ``model_group`` (None: the
+    model) whose TPM/RPM shares it uses."""
+
     request_id: str
     scope_keys: tuple[str, ...]
     model: str
     rate_key: str
     priority: str | None
     estimate: Estimate
+    model_group: str | None = None
+
+    @property
+    def rate_model(self) -> str:
+        return self.model_group or self.model
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +233,7 @@ class AdmissionBook:
                 200,
                 existing,
                 scopes,
-                self.rates.decide(existing.model, existing.rate_key, existing.priority, now),
+                self.rates.decide(existing.rate_model, existing.rate_key, existing.priority, now),
                 repeated=True,
             )
         if request.request_id in self._closed:
@@ -225,7 +243,7 @@ class AdmissionBook:
             raise OverflowError(f"{OPEN_HOLDS_MAX} holds are open; release or settle some first")
         estimate = request.estimate
         scopes = self.rooms(request.scope_keys, request.model, estimate.cost_nanos, snapshot_of, now)
-        rate = self.rates.decide(request.model, request.rate_key, request.priority, now)
+        rate = self.rates.decide(request.rate_model, request.rate_key, request.priority, now)
         for room in scopes:
             limit = room.binding
             if (
@@ -258,6 +276,7 @@ class AdmissionBook:
             now,
             now + self.ttl,
             self.instance_id,
+            request.model_group,
         )
         self._open(hold, now)
         return Admission(200, hold, scopes, rate.counted(estimate.tokens))
@@ -295,7 +314,9 @@ class AdmissionBook:
         self.holds[hold.request_id] = hold
         for scope in hold.scope_keys:
             self._reserve(scope, hold.model, hold.estimate_nanos)
-        self.rates.count_admitted(hold.model, hold.rate_key, hold.priority, hold.estimated_tokens, hold.held_at, now)
+        self.rates.count_admitted(
+            hold.rate_model, hold.rate_key, hold.priority, hold.estimated_tokens, hold.held_at, now
+        )
 
     def _reserve(self, scope: str, model: str, nanos: int) -> None:
         total = self._held.get(scope, 0) + nanos
@@ -325,7 +346,7 @@ class AdmissionBook:
         self._close(hold, state, now)
         hold.state = state
         if state == "released":  # the call failed: it used no tokens (its request still counts)
-            self.rates.count_tokens(hold.model, hold.rate_key, -hold.estimated_tokens, hold.held_at, now)
+            self.rates.count_tokens(hold.rate_model, hold.rate_key, -hold.estimated_tokens, hold.held_at, now)
         return hold
 
     def cancel(self, request_id: str) -> None:
@@ -348,7 +369,9 @@ class AdmissionBook:
         if hold is None or hold.state != "held":
             self._count_unadmitted(charge, now)
             return None
-        self.rates.count_tokens(hold.model, hold.rate_key, charge.tokens - hold.estimated_tokens, hold.held_at, now)
+        self.rates.count_tokens(
+            hold.rate_model, hold.rate_key, charge.tokens - hold.estimated_tokens, hold.held_at, now
+        )
         for scope in hold.scope_keys:
             self._reserve(scope, hold.model, -hold.estimate_nanos)
         hold.state = "settled"
@@ -452,6 +475,7 @@ class AdmissionBook:
                     event.at,
                     event.expires_at,
                     event.instance_id,
+                    event.model_group,
                 ),
                 now,
             )

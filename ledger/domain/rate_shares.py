@@ -23,6 +23,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from ledger.domain.events import FROZEN, SCHEMA_VERSION, EventId, Identifier, ModelName
+from ledger.domain.model_groups import DEPLOYMENT_MODELS_MAX
 
 PriorityName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 Reservation = dict[PriorityName, Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)]]
@@ -35,7 +36,8 @@ PRIORITY_RESERVATION_KEY = "priority_reservation"
 class RateLimitRecord(BaseModel):
     """One record of the compacted ``rate-limits`` topic (the last per key wins):
 
-    - ``model``: a model's ``tpm``/``rpm`` capacity (None: unlimited);
+    - ``model``: a model group's ``tpm``/``rpm`` capacity (None: unlimited) and the models
+      its deployments are priced as (``models``; None: the group is its own model);
     - ``priority_reservation``: LiteLLM's ``{"dev": 0, "prod": 1}`` fractions (None:
       back to the setting);
     - ``key_priority``: the priority of a key (None: no priority).
@@ -50,6 +52,7 @@ class RateLimitRecord(BaseModel):
     model: ModelName | None = None
     tpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX)
     rpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX)
+    models: tuple[ModelName, ...] | None = Field(default=None, min_length=1, max_length=DEPLOYMENT_MODELS_MAX)
     reservation: Reservation | None = Field(default=None, max_length=PRIORITIES_MAX)
     key_id: Identifier | None = None
     priority: PriorityName | None = None
@@ -60,8 +63,8 @@ class RateLimitRecord(BaseModel):
             raise ValueError("a model record names its model, and only it does")
         if (self.kind == "key_priority") != (self.key_id is not None):
             raise ValueError("a key_priority record names its key_id, and only it does")
-        if self.kind != "model" and (self.tpm is not None or self.rpm is not None):
-            raise ValueError("tpm and rpm belong to a model record")
+        if self.kind != "model" and (self.tpm is not None or self.rpm is not None or self.models is not None):
+            raise ValueError("tpm, rpm and models belong to a model record")
         if self.kind != "priority_reservation" and self.reservation is not None:
             raise ValueError("reservation belongs to a priority_reservation record")
         if self.kind != "key_priority" and self.priority is not None:
@@ -197,13 +200,15 @@ def seconds_to_next_minute(now: datetime) -> int:
 
 
 class RateBook:
-    """Model capacities, priorities, and this minute's use per model and key."""
+    """Model capacities, the models each group is priced as, priorities, and this
+    minute's use per model and key."""
 
     def __init__(self, reservation: Mapping[str, Decimal | float] | None = None, saturation: Decimal | float = 0.8):
         self.default_reservation = _fractions(reservation or {})
         self.reservation: dict[str, Fraction] | None = None  # set by a record; None: the default
         self.saturation = Fraction(str(saturation))
         self.capacities: dict[str, ModelCapacity] = {}
+        self.group_models: dict[str, tuple[str, ...]] = {}  # group -> its deployments' priced models
         self.key_priorities: dict[str, str] = {}
         self.minute = 0
         self.use: dict[str, ModelMinute] = {}
@@ -218,6 +223,10 @@ class RateBook:
                 self.capacities.pop(record.model, None)
             else:
                 self.capacities[record.model] = ModelCapacity(record.tpm, record.rpm)
+            if record.models is None:
+                self.group_models.pop(record.model, None)
+            else:
+                self.group_models[record.model] = record.models
         elif record.kind == "key_priority":
             assert record.key_id is not None
             if record.priority is None:
@@ -231,6 +240,7 @@ class RateBook:
         """A tombstone on ``rate-limits``: the key's setting is gone."""
         if topic_key.startswith("model:"):
             self.capacities.pop(topic_key.removeprefix("model:"), None)
+            self.group_models.pop(topic_key.removeprefix("model:"), None)
         elif topic_key.startswith("key:"):
             self.key_priorities.pop(topic_key.removeprefix("key:"), None)
         elif topic_key == PRIORITY_RESERVATION_KEY:

@@ -1,6 +1,11 @@
 """Model capacities from a LiteLLM proxy ``config.yaml``, for ``spend-ledger limits import``.
-Pure: the config's text in, each ``model_name``'s TPM/RPM out (included files are read
-through a function the caller passes).
+Pure: the config's text in, each ``model_name``'s TPM/RPM and priced models out (included
+files are read through a function the caller passes).
+
+A ``model_name`` is a group, often an alias (``team-gpt`` for ``litellm_params.model:
+gpt-4o``): admission counts rate shares on the group and prices a call as its deployments'
+models, each read where LiteLLM's cost tracking reads it: ``model_info.base_model``, else
+``litellm_params.base_model``, else ``litellm_params.model``.
 
 Where LiteLLM's router finds a deployment's capacity (``Router._set_model_group_info``):
 the ``model_list`` entry's own ``tpm``/``rpm``, else its ``litellm_params``, else its
@@ -14,12 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml  # type: ignore[import-untyped]
 
 from ledger.domain.events import MODEL_NAME_CHARS_MAX
+from ledger.domain.model_groups import DEPLOYMENT_MODELS_MAX
 from ledger.domain.rate_shares import CAPACITY_MAX
 
 CONFIG_CHARS_MAX = 10_000_000
@@ -27,6 +33,12 @@ DEPLOYMENTS_MAX = 10_000
 INCLUDES_MAX = 100
 # Where a deployment's capacity may sit, in the order LiteLLM's router looks: the entry itself first.
 CAPACITY_PLACES: tuple[str | None, ...] = (None, "litellm_params", "model_info")
+# Where a deployment's priced model may sit, in the order LiteLLM's cost tracking looks.
+PRICED_MODEL_PLACES: tuple[tuple[str, str], ...] = (
+    ("model_info", "base_model"),
+    ("litellm_params", "base_model"),
+    ("litellm_params", "model"),
+)
 ENVIRONMENT_PREFIX = "os.environ/"
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -47,7 +59,8 @@ class LiteLLMConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelCapacity:
     """A ``model_name``'s capacity: its deployments' ``tpm`` and ``rpm`` added up (None
-    when none of them has one), and how many deployments gave each."""
+    when none of them has one), how many deployments gave each, and the models they are
+    priced as (distinct, in order)."""
 
     model_name: str
     tpm: int | None
@@ -55,10 +68,22 @@ class ModelCapacity:
     deployments: int
     tpm_deployments: int
     rpm_deployments: int
+    models: tuple[str, ...] = ()
 
     @property
     def has_limits(self) -> bool:
         return self.tpm is not None or self.rpm is not None
+
+    @property
+    def is_alias(self) -> bool:
+        """Whether some deployment is priced as another model than the group's name
+        (``openai/gpt-4o`` under ``gpt-4o`` is the group's own model, with its provider)."""
+        return any(model != self.model_name and not model.endswith(f"/{self.model_name}") for model in self.models)
+
+    @property
+    def alias_models(self) -> tuple[str, ...] | None:
+        """The models to record for the group: an alias's; None for a group that is its model."""
+        return self.models if self.is_alias else None
 
 
 @dataclass(frozen=True)
@@ -70,6 +95,11 @@ class ConfigCapacities:
     @property
     def with_limits(self) -> tuple[ModelCapacity, ...]:
         return tuple(model for model in self.models if model.has_limits)
+
+    @property
+    def to_import(self) -> tuple[ModelCapacity, ...]:
+        """The groups with a capacity or whose models are aliased: what the import records."""
+        return tuple(model for model in self.models if model.has_limits or model.is_alias)
 
     @property
     def without_limits(self) -> tuple[str, ...]:
@@ -84,6 +114,7 @@ class _Sums:
     rpm: int | None = None
     tpm_deployments: int = 0
     rpm_deployments: int = 0
+    models: dict[str, None] = field(default_factory=dict)
 
 
 def model_capacities(config_text: str, read_include: ReadInclude | None = None) -> ConfigCapacities:
@@ -111,6 +142,11 @@ def model_capacities(config_text: str, read_include: ReadInclude | None = None) 
         model_name, tpm, rpm = _deployment(path, entry)
         found = sums.setdefault(model_name, _Sums())
         found.deployments += 1
+        found.models[_priced_model(path, entry, model_name)] = None
+        if len(found.models) > DEPLOYMENT_MODELS_MAX:
+            raise LiteLLMConfigError(
+                "model_list", f"{model_name!r} has over {DEPLOYMENT_MODELS_MAX} distinct deployment models"
+            )
         if tpm is not None:
             found.tpm = (found.tpm or 0) + tpm
             found.tpm_deployments += 1
@@ -127,7 +163,15 @@ def model_capacities(config_text: str, read_include: ReadInclude | None = None) 
                 )
     return ConfigCapacities(
         tuple(
-            ModelCapacity(name, found.tpm, found.rpm, found.deployments, found.tpm_deployments, found.rpm_deployments)
+            ModelCapacity(
+                name,
+                found.tpm,
+                found.rpm,
+                found.deployments,
+                found.tpm_deployments,
+                found.rpm_deployments,
+                tuple(found.models),
+            )
             for name, found in sums.items()
         )
     )
@@ -206,6 +250,23 @@ def _deployment(path: str, entry: Any) -> tuple[str, int | None, int | None]:
             f"{path}.model_info", f"expected a mapping for {model_name!r}, got {_kind(entry['model_info'])}"
         )
     return model_name, _capacity(path, entry, "tpm", model_name), _capacity(path, entry, "rpm", model_name)
+
+
+def _priced_model(path: str, entry: Mapping[str, Any], model_name: str) -> str:
+    """The model a deployment is priced as: the first of ``PRICED_MODEL_PLACES`` given."""
+    for place, name in PRICED_MODEL_PLACES:
+        value = (entry.get(place) or {}).get(name)
+        if value is None:
+            continue
+        where = f"{path}.{place}.{name}"
+        if not isinstance(value, str) or not value.strip():
+            raise LiteLLMConfigError(where, f"expected the model {model_name!r} calls, got {_kind(value)}")
+        if value.strip().startswith(ENVIRONMENT_PREFIX):
+            raise LiteLLMConfigError(where, f"{value!r} names an environment variable; the import reads only the file")
+        if len(value) > MODEL_NAME_CHARS_MAX or _CONTROL_CHARACTERS.search(value):
+            raise LiteLLMConfigError(where, f"not a model name the ledger takes (1..{MODEL_NAME_CHARS_MAX} printable)")
+        return value
+    raise LiteLLMConfigError(f"{path}.litellm_params.model", f"missing: the model {model_name!r} calls")
 
 
 def _capacity(path: str, entry: Mapping[str, Any], dimension: Dimension, model_name: str) -> int | None:

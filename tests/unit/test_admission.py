@@ -18,9 +18,14 @@ from ledger.domain.admission import (
     charge_source,
 )
 from ledger.domain.budgets import BudgetCommand, BudgetSpec
+from ledger.domain.errors import UnpricedModel
+from ledger.domain.events import TokenUsage
 from ledger.domain.fold import Charge, apply_batch, apply_command, new_state
+from ledger.domain.model_groups import CallModels, PricedEstimate, call_models, dearest_estimate
+from ledger.domain.pricing import usage_cost_nanos
 from ledger.domain.rate_shares import RateBook, RateLimitRecord
 from ledger.domain.snapshots import BudgetSnapshot
+from ledger.pricebooks.genai import genai_prices_book
 
 T0 = datetime(2026, 11, 26, 12, 0, 5, tzinfo=UTC)
 USD = 1_000_000_000
@@ -348,3 +353,81 @@ def test_an_admits_rate_answer_is_what_deciding_again_after_it_gives():
         admitted = admissions.admit(request(f"r{i}", 0, key=key, tokens=40 + i, priority=priority), states, T0)
         assert admitted.status == 200
         assert admitted.rate == admissions.rates.decide("gpt-4o", key, priority, T0)
+
+
+# -- model groups: rate shares on the group, prices on its models ---------------------------
+
+
+def test_an_admit_naming_a_group_is_priced_as_its_recorded_models_and_limited_on_the_group():
+    recorded = {"team-gpt": ("gpt-4o-mini", "gpt-4o")}
+    assert call_models("team-gpt", None, (), recorded) == CallModels("team-gpt", ("gpt-4o-mini", "gpt-4o"))
+    assert call_models(None, "team-gpt", (), recorded) == CallModels("team-gpt", ("gpt-4o-mini", "gpt-4o"))
+    assert call_models("gpt-4o", "team-gpt", (), recorded) == CallModels("team-gpt", ("gpt-4o",))
+    assert call_models(None, "team-gpt", ("gpt-4o", "gpt-4o"), {}) == CallModels("team-gpt", ("gpt-4o",))
+    assert call_models("gpt-4o", None, (), recorded) == CallModels("gpt-4o", ("gpt-4o",))
+    with pytest.raises(ValueError, match="model or its model_group"):
+        call_models(None, None, (), recorded)
+
+
+def test_a_group_is_estimated_as_its_dearest_model():
+    prices = genai_prices_book()
+    usage = TokenUsage(prompt_tokens=1_000, completion_tokens=1_000)
+    group = CallModels("team-gpt", ("gpt-4o-mini", "gpt-4o"))
+    found = dearest_estimate(prices, group, usage, T0, None)
+    assert found == PricedEstimate("gpt-4o", usage_cost_nanos(prices, "gpt-4o", usage, T0))
+    assert found.cost_nanos > usage_cost_nanos(prices, "gpt-4o-mini", usage, T0)
+
+
+def test_an_unpriced_model_is_refused_unless_a_fallback_estimate_is_set():
+    prices = genai_prices_book()
+    usage = TokenUsage(prompt_tokens=10, completion_tokens=10)
+    alias = CallModels("team-gpt", ("team-gpt",))
+    with pytest.raises(UnpricedModel, match="team-gpt"):
+        dearest_estimate(prices, alias, usage, T0, None)
+    assert dearest_estimate(prices, alias, usage, T0, 500_000) == PricedEstimate("team-gpt", 500_000, fallback=True)
+    half_priced = CallModels("team-gpt", ("gpt-4o-mini", "azure/my-deployment"))
+    with pytest.raises(UnpricedModel, match="azure/my-deployment"):
+        dearest_estimate(prices, half_priced, usage, T0, None)  # an upper bound needs every deployment's price
+
+
+def test_an_endpoint_named_deployment_is_priced_as_its_group_when_the_group_has_a_price():
+    prices = genai_prices_book()
+    usage = TokenUsage(prompt_tokens=10, completion_tokens=10)
+    found = dearest_estimate(prices, CallModels("gpt-4o", ("azure/gpt-4o-eu",)), usage, T0, None)
+    assert found == PricedEstimate("gpt-4o", usage_cost_nanos(prices, "gpt-4o", usage, T0))
+
+
+def test_rate_shares_count_on_the_group_and_budgets_on_the_priced_model():
+    admissions = book()
+    admissions.rates.configure(limits("team-gpt", rpm=2))
+    states = States(team=budget(TEAM, 20 * USD, model="gpt-4o"))
+    aliased = [
+        AdmitRequest(f"r{i}", ("global:*", TEAM), "gpt-4o", "k1", None, Estimate(4 * USD, 30), "team-gpt")
+        for i in range(4)
+    ]
+    answers = [admissions.admit(call, states, T0).status for call in aliased]
+    assert answers == [200, 200, 429, 429]  # over rpm=2 on the group
+    [room] = admissions.rooms((TEAM,), "gpt-4o", 0, states, T0)
+    assert room.remaining_nanos == 12 * USD  # the per-model limit of the priced model holds both
+    hold = admissions.holds["r0"]
+    assert (hold.model, hold.model_group, hold.rate_model) == ("gpt-4o", "team-gpt", "team-gpt")
+    assert admissions.rates.decide("gpt-4o", "k1", None, T0).allowed  # the priced model has no capacity
+    record = hold.event("held", T0, "api-1")
+    assert record.model_group == "team-gpt"
+    other = book()
+    other.rates.configure(limits("team-gpt", rpm=2))
+    other.follow(record, states, T0)
+    assert other.rates.decide("team-gpt", "k1", None, T0).requests.key_used == 1  # type: ignore[union-attr]
+
+
+def test_a_model_record_carries_its_groups_models_and_a_tombstone_forgets_them():
+    rates = RateBook({}, 0.8)
+    record = RateLimitRecord(record_id="r", issued_at=T0, kind="model", model="team-gpt", models=("gpt-4o",), rpm=2)
+    rates.configure(record)
+    assert rates.group_models == {"team-gpt": ("gpt-4o",)}
+    rates.configure(RateLimitRecord(record_id="r2", issued_at=T0, kind="model", model="team-gpt", models=("x",)))
+    assert (rates.group_models, rates.capacities) == ({"team-gpt": ("x",)}, {})
+    rates.forget(record.topic_key)
+    assert rates.group_models == {}
+    with pytest.raises(ValueError, match="models belong to a model record"):
+        RateLimitRecord(record_id="r3", issued_at=T0, kind="key_priority", key_id="k", models=("x",))

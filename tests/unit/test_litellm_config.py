@@ -72,8 +72,8 @@ def by_name(capacities: ConfigCapacities) -> dict[str, ModelCapacity]:
 def test_docs_config_two_gpt_4o_deployments_add_up_to_300000_tpm():
     capacities = model_capacities(DOCS_CONFIG)
     assert capacities.models == (
-        ModelCapacity("gpt-4o", tpm=300_000, rpm=12, deployments=2, tpm_deployments=2, rpm_deployments=2),
-        ModelCapacity("gpt-3.5-turbo", tpm=None, rpm=None, deployments=1, tpm_deployments=0, rpm_deployments=0),
+        ModelCapacity("gpt-4o", 300_000, 12, 2, 2, 2, ("azure/gpt-4o-eu", "azure/gpt-4o-ca")),
+        ModelCapacity("gpt-3.5-turbo", None, None, 1, 0, 0, ("gpt-3.5-turbo",)),
     )
     assert [model.model_name for model in capacities.with_limits] == ["gpt-4o"]
     assert capacities.without_limits == ("gpt-3.5-turbo",)
@@ -133,8 +133,8 @@ def test_deployments_add_up_across_places_and_a_deployment_without_capacity_adds
         """
     )
     assert capacities.models == (
-        ModelCapacity("gpt-4o", tpm=150_000, rpm=100, deployments=4, tpm_deployments=2, rpm_deployments=2),
-        ModelCapacity("claude", tpm=None, rpm=5, deployments=1, tpm_deployments=0, rpm_deployments=1),
+        ModelCapacity("gpt-4o", 150_000, 100, 4, 2, 2, ("azure/a", "azure/b", "openai/gpt-4o", "azure/c")),
+        ModelCapacity("claude", None, 5, 1, 0, 1, ("anthropic/claude",)),
     )
 
 
@@ -159,7 +159,7 @@ def test_null_capacities_and_null_model_info_count_as_not_given():
             model_info:
         """
     )
-    assert capacities.models == (ModelCapacity("m", 7, None, 1, 1, 0),)
+    assert capacities.models == (ModelCapacity("m", 7, None, 1, 1, 0, ("x",)),)
 
 
 def test_an_empty_model_list_has_no_models():
@@ -197,9 +197,9 @@ def test_included_files_add_their_deployments_like_litellms_proxy():
             litellm_params: {model: azure/a, tpm: 100000}
         """
     capacities = model_capacities(textwrap.dedent(text), files.__getitem__)
-    assert capacities.models == (ModelCapacity("gpt-4o", 300_000, None, 2, 2, 0),)
+    assert capacities.models == (ModelCapacity("gpt-4o", 300_000, None, 2, 2, 0, ("azure/a", "azure/b")),)
     only_includes = model_capacities("include: [models.yaml]\n", files.__getitem__)
-    assert only_includes.models == (ModelCapacity("gpt-4o", 200_000, None, 1, 1, 0),)
+    assert only_includes.models == (ModelCapacity("gpt-4o", 200_000, None, 1, 1, 0, ("azure/b",)),)
 
 
 def test_a_config_with_includes_is_refused_without_a_way_to_read_them():
@@ -315,3 +315,38 @@ def test_a_config_beyond_the_size_bound_is_refused_before_parsing():
     error = refused("#" * (CONFIG_CHARS_MAX + 1))
     assert error.path == "config"
     assert str(CONFIG_CHARS_MAX) in str(error)
+
+
+# -- model groups ---------------------------------------------------------------------------
+
+
+def test_an_alias_group_records_its_deployments_priced_models_base_model_first():
+    capacities = config(
+        """
+        model_list:
+          - model_name: team-gpt
+            litellm_params: {model: gpt-4o, rpm: 2}
+          - model_name: team-gpt
+            litellm_params: {model: azure/my-deployment, base_model: azure/gpt-4o-mini}
+          - model_name: gpt-4
+            litellm_params: {model: azure/gpt4-prod}
+            model_info: {base_model: azure/gpt-4-turbo}
+          - model_name: gpt-4o
+            litellm_params: {model: openai/gpt-4o, tpm: 10}
+          - model_name: plain
+            litellm_params: {model: plain}
+        """
+    )
+    found = by_name(capacities)
+    assert found["team-gpt"].alias_models == ("gpt-4o", "azure/gpt-4o-mini")
+    assert found["gpt-4"].alias_models == ("azure/gpt-4-turbo",)
+    assert found["gpt-4o"].alias_models is None  # its own model, with its provider
+    assert [model.model_name for model in capacities.to_import] == ["team-gpt", "gpt-4", "gpt-4o"]
+    assert capacities.without_limits == ("gpt-4", "plain")
+
+
+def test_a_deployment_without_a_model_or_with_one_from_the_environment_is_refused():
+    missing = refused("model_list:\n  - model_name: m\n    litellm_params: {tpm: 1}\n")
+    assert missing.path == "model_list[0].litellm_params.model"
+    hidden = refused("model_list:\n  - model_name: m\n    litellm_params: {model: os.environ/MODEL}\n")
+    assert "environment variable" in str(hidden)
