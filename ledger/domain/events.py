@@ -107,8 +107,11 @@ class UsageEvent(BaseModel):
     event_id: EventId
     occurred_at: AwareDatetime
     occurred_at_source: OccurredAtSource = "event"
-    model: ModelName
+    model: ModelName  # what the call is priced as
     provider: ModelName | None = None
+    # The name the call asked for, when it differs or may (a LiteLLM proxy model_name, often
+    # an alias for ``model``): rate shares count on it, and spend can be grouped by it.
+    model_group: ModelName | None = None
     user_id: Identifier | None = None
     team_id: Identifier | None = None
     key_id: Identifier | None = None

@@ -169,7 +169,7 @@ def event_from_litellm_payload(payload: Mapping[str, Any]) -> UsageEvent:
     """A usage event from LiteLLM's ``StandardLoggingPayload``.
 
     event_id <- ``id``; occurred_at <- ``startTime`` (epoch seconds); model <- ``model``
-    (else ``model_group``); provider <- ``custom_llm_provider``; user, team, key <-
+    (else ``model_group``); model_group <- ``model_group``; provider <- ``custom_llm_provider``; user, team, key <-
     ``metadata.user_api_key_user_id``, ``.user_api_key_team_id``, ``.user_api_key_hash``;
     end user <- ``end_user`` (else ``metadata.user_api_key_end_user_id``); tags <-
     ``request_tags``; usage <- ``metadata.usage_object`` or ``response.usage`` when
@@ -209,6 +209,7 @@ def event_from_litellm_payload(payload: Mapping[str, Any]) -> UsageEvent:
         occurred_at=datetime.fromtimestamp(start, tz=UTC),
         model=_text(payload.get("model")) or _text(payload.get("model_group")) or "",
         provider=_text(payload.get("custom_llm_provider")),
+        model_group=_text(payload.get("model_group")),
         user_id=_text(meta.get("user_api_key_user_id")),
         team_id=_text(meta.get("user_api_key_team_id")),
         key_id=_text(meta.get("user_api_key_hash")),

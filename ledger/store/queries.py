@@ -19,7 +19,7 @@ from ledger.replay.timeline import scope_history
 if TYPE_CHECKING:
     import duckdb
 
-GroupBy = Literal["scope", "user", "team", "key", "end_user", "tag", "model", "hour", "day", "month"]
+GroupBy = Literal["scope", "user", "team", "key", "end_user", "tag", "model", "model_group", "hour", "day", "month"]
 GROUP_BY_NAMES: tuple[str, ...] = get_args(GroupBy)
 SpenderKind = Literal["user", "team", "key", "end_user", "tag"]
 SPENDER_KINDS: tuple[str, ...] = get_args(SpenderKind)
@@ -37,8 +37,8 @@ class InvalidSpendQuery(ValueError):
 @dataclass(frozen=True, slots=True)
 class SpendRow:
     """Spend of one group. ``groups`` maps each group-by name to its value: a scope id (the
-    part after ``kind:``), a full scope key for ``scope``, a model, or a bucket's UTC start;
-    None for entries that name no scope of that kind. Tokens count charges only (an
+    part after ``kind:``), a full scope key for ``scope``, a model or model group, or a
+    bucket's UTC start; None for entries that name no scope of that kind, or no group. Tokens count charges only (an
     adjustment corrects the cost of a call already counted)."""
 
     groups: dict[str, str | datetime | None]
@@ -141,6 +141,8 @@ def spend_by(
             columns.append(f"g_{name}.value")
         elif name == "model":
             columns.append("e.model")
+        elif name == "model_group":  # on the entry's usage event: the worker's entries name the priced model
+            columns.append("(SELECT u.model_group FROM usage_events AS u WHERE u.event_id = e.event_id)")
         else:  # a time bucket, truncated in UTC whatever the session's time zone
             columns.append(f"date_trunc('{name}', timezone('UTC', e.occurred_at))")
     where, parameters = _entry_filters(start, end, scope_key)

@@ -50,6 +50,7 @@ USAGE_COLUMNS = (
     "source_offset",
     "received_at",
     "occurred_at_source",
+    "model_group",
 )
 COMMAND_COLUMNS = (
     "command_id",
@@ -169,6 +170,7 @@ def usage_rows(
                 offset,
                 received_at_us,
                 event.occurred_at_source,
+                event.model_group,
             )
         )
     return rows

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = 3  # 2: consumer_offsets.offset_base and last_record (telling a new log from the old)
-# 3: usage_events.occurred_at_source
+SCHEMA_VERSION = 4  # 2: consumer_offsets.offset_base and last_record (telling a new log from the old)
+# 3: usage_events.occurred_at_source; 4: usage_events.model_group
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS store_meta (
@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 -- when the worker saw it; NULL in stores written before it was kept). occurred_at_source:
 -- "received" when the event named no time and occurred_at is when it was received (the
 -- record's timestamp, or the api's clock over HTTP); NULL in stores written before it.
+-- model_group: the name the call asked for (a LiteLLM proxy model_name, often an alias of
+-- model, the priced model); NULL when the event named none.
 CREATE TABLE IF NOT EXISTS usage_events (
     event_id VARCHAR PRIMARY KEY,
     occurred_at TIMESTAMPTZ NOT NULL,
@@ -60,7 +62,8 @@ CREATE TABLE IF NOT EXISTS usage_events (
     source_partition INTEGER NOT NULL,
     source_offset BIGINT NOT NULL,
     received_at TIMESTAMPTZ,
-    occurred_at_source VARCHAR
+    occurred_at_source VARCHAR,
+    model_group VARCHAR
 );
 CREATE TABLE IF NOT EXISTS ledger_entries (
     entry_id VARCHAR PRIMARY KEY,
@@ -168,6 +171,7 @@ _ADDED_COLUMNS = (
     ("consumer_offsets", "last_record", "VARCHAR"),
     ("usage_events", "received_at", "TIMESTAMPTZ"),
     ("usage_events", "occurred_at_source", "VARCHAR"),
+    ("usage_events", "model_group", "VARCHAR"),
 )
 
 STORE_TABLES = (

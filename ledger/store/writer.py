@@ -44,6 +44,7 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
             ("source_offset", pa.int64()),
             ("received_at", _UTC),
             ("occurred_at_source", pa.string()),
+            ("model_group", pa.string()),
         ]
     ),
     "budget_commands": pa.schema(

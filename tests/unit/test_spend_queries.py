@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 from ledger.domain.budgets import BudgetSpec
@@ -22,7 +23,9 @@ from ledger.store.queries import (
     spend_by_time,
     top_spenders,
 )
+from ledger.store.records import StoreRows, usage_rows
 from ledger.store.schema import open_store
+from ledger.store.writer import append
 from tests.unit.store_rows import at, build_store, command, dead_letter, entry
 
 
@@ -183,7 +186,9 @@ def test_unknown_group_by_is_refused_listing_the_accepted_names(store):
     with pytest.raises(InvalidSpendQuery) as refused:
         spend_by(store, ["user", "weekday"])
     assert str(refused.value) == f"cannot group by 'weekday'; accepted: {', '.join(GROUP_BY_NAMES)}"
-    assert GROUP_BY_NAMES == ("scope", "user", "team", "key", "end_user", "tag", "model", "hour", "day", "month")
+    assert (
+        *("scope", "user", "team", "key", "end_user", "tag", "model", "model_group", "hour", "day", "month"),
+    ) == GROUP_BY_NAMES
     assert isinstance(refused.value, ValueError)
 
 
@@ -343,3 +348,30 @@ def test_dead_letters_are_counted_by_topic_stage_and_reason_with_the_example_at_
         ("t.budget-commands", "validate", "invalid_command", 1, "bad scope", None),
         ("t.usage", "validate", "invalid_usage", 1, "prompt_tokens < 0", "e-2"),
     ]
+
+
+def test_spend_groups_by_the_model_group_its_usage_events_name(tmp_path):
+    """A LiteLLM alias (team-gpt) over two priced models: spend by group, and by model."""
+    charges = [entry(5, "team:ml"), entry(7, "team:ml", model="gpt-4o-mini"), entry(11, "team:ml")]
+    adjustment = {**entry(-1, "team:ml", kind="adjustment"), "event_id": charges[0]["event_id"]}
+    path = build_store(tmp_path / "ledger.duckdb", entries=[*charges, adjustment])
+    events = [
+        {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": charge["model"],
+         "model_group": group, "usage": {"prompt_tokens": 100, "completion_tokens": 10}}
+        for charge, group in zip(charges, ["team-gpt", "team-gpt", None], strict=True)
+    ]  # fmt: skip
+    rows = StoreRows()
+    rows.tables["usage_events"].extend(
+        usage_rows(orjson.dumps({"batch_id": "b", "events": events}), 0, 1, lambda text: 0)
+    )
+    connection = open_store(path)
+    try:
+        append(connection, rows, {})
+        assert groups_and_nanos(spend_by(connection, ["model_group", "model"])) == [
+            (("team-gpt", "gpt-4o"), 4),  # 5 charged, then an adjustment of -1
+            (("team-gpt", "gpt-4o-mini"), 7),
+            ((None, "gpt-4o"), 11),  # an event that named no group
+        ]
+        assert groups_and_nanos(spend_by(connection, ["model_group"])) == [(("team-gpt",), 11), ((None,), 11)]
+    finally:
+        connection.close()

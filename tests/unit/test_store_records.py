@@ -31,7 +31,7 @@ def test_usage_rows_keep_valid_events_with_their_token_counts_and_skip_the_rest(
         "batch_id": "b1",
         "events": [
             {"event_id": "e1", "occurred_at": AT, "model": "gpt-4o", "user_id": "u", "tags": ["p"],
-             "usage": {"prompt_tokens": 10, "completion_tokens": 2}},
+             "model_group": "team-gpt", "usage": {"prompt_tokens": 10, "completion_tokens": 2}},
             {"event_id": "e2", "model": "gpt-4o", "input_text": "three words here"},
             {"event_id": "e3", "occurred_at": AT, "model": "gpt-4o", "usage": {"prompt_tokens": -1}},
             {"adjustment_id": "adj-1", "event_id": "e1", "occurred_at": AT, "model": "gpt-4o",
@@ -45,8 +45,13 @@ def test_usage_rows_keep_valid_events_with_their_token_counts_and_skip_the_rest(
     assert e1[8:11] == (["p"], ["global:*", "user:u", "tag:p"], 10)
     assert (e1[15], e1[16], e1[18]) == (True, False, None)
     assert (e2[10], e2[11], e2[15], e2[16]) == (3, 0, False, True)  # counted from its text
-    assert (e1[-4], e1[-3], e1[-2], e1[-1]) == (2, 40, RECEIVED_US, "event")
-    assert (e2[1], e2[-2], e2[-1]) == (RECEIVED_US, RECEIVED_US, "received")  # no time of its own: the record's
+    assert (e1[-5], e1[-4], e1[-3], e1[-2], e1[-1]) == (2, 40, RECEIVED_US, "event", "team-gpt")
+    assert (e2[1], e2[-3], e2[-2], e2[-1]) == (
+        RECEIVED_US,
+        RECEIVED_US,
+        "received",
+        None,
+    )  # no time of its own: the record's
 
 
 def test_a_dead_letter_has_the_same_id_each_time_the_worker_writes_it() -> None:
