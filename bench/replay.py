@@ -33,13 +33,17 @@ from ledger.domain.budgets import BudgetCommand
 from ledger.domain.prices import PriceOverride, TokenRates
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.engine import ReplayOptions, replay
-from ledger.store.records import StoreRows, command_row
+from ledger.store.records import USAGE_COLUMNS, StoreRows, command_row
 from ledger.store.schema import open_store
 from ledger.store.writer import append
 
 MODELS = [*LIVE_MODELS[:-1], "deepseek-chat"]  # deepseek-chat has two price periods in the bundled book
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 30
+
+
+# The columns generate() fills, named: a column added to the store later stays NULL here.
+GENERATED_COLUMNS = USAGE_COLUMNS[: USAGE_COLUMNS.index("received_at") + 1]
 
 
 def generate(path: Path, events: int) -> None:
@@ -49,7 +53,7 @@ def generate(path: Path, events: int) -> None:
     span_us = DAYS * 86_400 * 1_000_000
     connection.execute(
         f"""
-        INSERT INTO usage_events
+        INSERT INTO usage_events ({", ".join(GENERATED_COLUMNS)})
         SELECT 'ev-' || i, TIMESTAMPTZ '{START.isoformat()}' + to_microseconds(CAST(hash(i) % {span_us} AS BIGINT)),
                {models}[1 + CAST(hash(i * 7) % {len(MODELS)} AS INTEGER)], NULL,
                'user-' || hash(i * 3) % 10000, 'team-' || hash(i * 5) % 100, 'key-' || hash(i * 11) % 1000, NULL,

@@ -185,7 +185,8 @@ def test_a_successful_call_settles_its_hold_with_its_usage_event(stack: Stack) -
 
     [entry] = entries(stack.ledger.read_json(stack.ledger.topics.ledger_entries, lambda found: bool(entries(found))))
     assert set(entry["scope_keys"]) == {"global:*", f"team:{team}", f"key:{key.api_key}", f"user:{key.user_id}"}
-    budget = stack.client.get_budget("team", team)
+    # The hold settles from ledger-entries; the team's budget folds the charge a hop later.
+    budget = until(lambda: stack.client.get_budget("team", team), lambda b: b.spend_nanos > 0, "the team's charge")
     assert budget.spend_nanos == entry["cost_nanos"] == 10 * 150 + 20 * 600  # LiteLLM's mock usage: 10 in, 20 out
 
 

@@ -23,6 +23,7 @@ from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.service import current_book
 from ledger.store.positions import NewLog, reconcile_log
 from ledger.store.projector import ProjectorStats, input_topics
+from ledger.store.schema import _ADDED_COLUMNS as ADDED_COLUMNS  # a store written before them
 from ledger.store.schema import SCHEMA_VERSION, TABLES_SQL, open_store
 from ledger.store.writer import StoredPosition, stored_positions
 from tests.integration.builders import usage
@@ -282,6 +283,9 @@ def test_the_admission_follower_reads_a_new_log_from_its_first_record(
     assert open_ids == {"old-1", "old-2", "new-0", "new-1", "new-2", "new-3"}
 
 
+USAGE_COLUMNS_ADDED = [(column, definition) for table, column, definition in ADDED_COLUMNS if table == "usage_events"]
+
+
 def test_a_store_written_before_fingerprints_opens_with_its_positions(tmp_path: Path) -> None:
     store = tmp_path / "ledger.duckdb"
     with duckdb.connect(str(store)) as connection:  # consumer_offsets as schema version 1 made it
@@ -291,13 +295,16 @@ def test_a_store_written_before_fingerprints_opens_with_its_positions(tmp_path: 
         )
         connection.execute("INSERT INTO consumer_offsets VALUES ('usage', 0, 42)")
         usage_table = TABLES_SQL.split("CREATE TABLE IF NOT EXISTS usage_events", 1)[1].split(";", 1)[0]
-        connection.execute("CREATE TABLE usage_events" + usage_table.replace(",\n    received_at TIMESTAMPTZ", ""))
+        for column, definition in USAGE_COLUMNS_ADDED:
+            usage_table = usage_table.replace(f",\n    {column} {definition}", "")
+        connection.execute("CREATE TABLE usage_events" + usage_table)
 
     connection = open_store(store)
     try:
         assert stored_positions(connection) == {("usage", 0): StoredPosition(42, 0, None)}
         columns = [row[0] for row in connection.execute("DESCRIBE usage_events").fetchall()]
-        assert columns[-2:] == ["source_offset", "received_at"]  # added, last, as the writer expects
+        # added, last and in order, as the writer expects
+        assert columns[-1 - len(USAGE_COLUMNS_ADDED) :] == ["source_offset", *(c for c, _ in USAGE_COLUMNS_ADDED)]
         version = connection.execute("SELECT value FROM store_meta WHERE name = 'schema_version'").fetchone()
         assert version == (str(SCHEMA_VERSION),)
     finally:
