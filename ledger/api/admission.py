@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import Example
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, ValidationError, model_validator
 
 from ledger.api.auth import authorize
 from ledger.api.deps import ADMIN, CLIENT, ApiError, Services, now
@@ -149,8 +149,9 @@ class HoldsView(BaseModel):
 class ModelLimitsBody(BaseModel):
     model_config = REQUEST
 
-    tpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="tokens a minute")
-    rpm: int | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="requests a minute")
+    # Strict: JSON's true is not a capacity of 1 (the fuzz test sent {"tpm": true}).
+    tpm: StrictInt | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="tokens a minute")
+    rpm: StrictInt | None = Field(default=None, ge=1, le=CAPACITY_MAX, description="requests a minute")
     models: list[ModelName] | None = Field(
         default=None,
         min_length=1,

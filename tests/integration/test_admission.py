@@ -124,6 +124,15 @@ def test_priority_reservation_refuses_dev_and_admits_prod(stack: tuple[Ledger, A
     assert listed["key_priorities"][dev_key] == "dev"
 
 
+def test_a_capacity_is_a_whole_number_not_a_boolean(stack: tuple[Ledger, ApiProcess]) -> None:
+    _, api = stack
+    model = new_id("strict-model")
+    for body in ({"tpm": True}, {"rpm": False, "tpm": 10}, {"rpm": 1.5}):
+        refused = httpx.put(f"{api.url}/v1/models/{model}/limits", json=body, headers=AUTH, timeout=TIMEOUT_S)
+        assert refused.status_code == 422, (body, refused.text)
+    assert httpx.get(f"{api.url}/v1/models/{model}/limits", headers=AUTH, timeout=TIMEOUT_S).status_code == 404
+
+
 def test_priority_reservation_takes_litellm_mapping_or_wrapped_and_names_a_bad_field(
     stack: tuple[Ledger, ApiProcess],
 ) -> None:
