@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,litellm]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[server,dev,litellm]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -25,6 +25,7 @@ from ledger.cli import spend as spend_commands
 from ledger.cli import store as store_commands
 from ledger.cli import usage as usage_commands
 from ledger.cli.common import console, fail
+from ledger.cli.server_only import server_command
 from ledger.domain.errors import LedgerError
 from ledger.domain.money import format_usd
 from ledger.domain.schemas import WIRE_MODELS, json_schema
@@ -40,13 +41,13 @@ prices_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prices_app, name="prices")
-app.command()(store_commands.project)
+app.command()(server_command("project")(store_commands.project))
 app.add_typer(spend_commands.spend_app, name="spend")
 app.command()(spend_commands.sql)
-app.command()(replay_commands.replay)
-app.command()(restore_commands.restore)
-app.command()(serve_commands.api)
-app.command()(dev_commands.dev)
+app.command()(server_command("replay")(replay_commands.replay))
+app.command()(server_command("restore")(restore_commands.restore))
+app.command()(server_command("api")(serve_commands.api))
+app.command()(server_command("dev")(dev_commands.dev))
 app.add_typer(budget_commands.budgets_app, name="budgets")
 app.command()(usage_commands.check)
 app.command()(usage_commands.publish)
@@ -116,6 +117,7 @@ def demo() -> None:
 
 
 @app.command()
+@server_command("broker")
 def broker(
     port: Annotated[int, typer.Option(help="loopback port to listen on (0: a free one)")] = 9092,
 ) -> None:
@@ -146,6 +148,7 @@ def broker(
 
 
 @app.command()
+@server_command("worker")
 def worker() -> None:
     """Run the stream worker (Faust) against KAFKA_BOOTSTRAP_SERVERS until Ctrl-C/SIGTERM."""
     from pydantic import ValidationError

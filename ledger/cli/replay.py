@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
@@ -15,7 +15,9 @@ from rich.table import Table
 from ledger.cli.common import console, fail, parse_moment
 from ledger.domain.budgets import BudgetState, LimitState
 from ledger.domain.money import format_usd
-from ledger.replay.compare import Difference
+
+if TYPE_CHECKING:  # the replay needs DuckDB, which a client-only install does not have
+    from ledger.replay.compare import Difference
 
 
 def replay(

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ledger.cli.common import console, fail, parse_moment
+from ledger.cli.server_only import server_command
 from ledger.domain.money import format_usd
 from ledger.settings import load_settings
 from ledger.store.queries import (
@@ -56,6 +57,7 @@ SPEND_COLUMNS = ("spend_nanos", "entry_count", "prompt_tokens", "completion_toke
 
 
 @spend_app.command("by")
+@server_command("spend by")
 def spend_by_command(
     group_by: Annotated[
         list[str] | None, typer.Option("--group-by", "-g", help=f"repeatable; one of: {', '.join(GROUP_BY_NAMES)}")
@@ -83,6 +85,7 @@ def spend_by_command(
 
 
 @spend_app.command("top")
+@server_command("spend top")
 def spend_top_command(
     kind: Annotated[str, typer.Option(help=f"one of: {', '.join(SPENDER_KINDS)}")],
     limit: Annotated[int, typer.Option(help="how many spenders")] = 10,
@@ -103,6 +106,7 @@ def spend_top_command(
 
 
 @spend_app.command("budgets")
+@server_command("spend budgets")
 def spend_budgets_command(
     scope: Annotated[str | None, typer.Option(help="only this scope key, e.g. team:ml")] = None,
     as_json: JsonFlag = False,
@@ -164,6 +168,7 @@ def spend_budgets_command(
 
 
 @spend_app.command("dead-letters")
+@server_command("spend dead-letters")
 def spend_dead_letters_command(as_json: JsonFlag = False, as_csv: CsvFlag = False) -> None:
     """What the worker refused, counted by source topic, stage and reason, with an example."""
     groups = _query(dead_letter_summary)
@@ -175,6 +180,7 @@ def spend_dead_letters_command(as_json: JsonFlag = False, as_csv: CsvFlag = Fals
     _emit("Dead letters", columns, rows, as_json=as_json, as_csv=as_csv)
 
 
+@server_command("sql")
 def sql(
     statement: Annotated[str, typer.Argument(help='one SQL statement, e.g. "SELECT model, sum(cost_nanos) ..."')],
     limit: Annotated[int, typer.Option(help="at most this many rows")] = 10_000,

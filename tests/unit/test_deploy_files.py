@@ -454,6 +454,8 @@ def test_dockerfile_is_multi_stage_non_root_with_the_cli_as_entrypoint(monkeypat
     assert len(stages) >= 2
     assert stages[-1].split()[0] == "python:3.11-slim"
     assert any("-c constraints.txt" in arguments for instruction, arguments in instructions if instruction == "RUN")
+    # the base install is the client side: the image needs the worker's and the api's packages
+    assert any("[server]" in arguments for instruction, arguments in instructions if instruction == "RUN")
     assert any(arguments.startswith("--from=") for instruction, arguments in instructions if instruction == "COPY")
 
     (user,) = [arguments for instruction, arguments in instructions if instruction == "USER"]

@@ -6,6 +6,9 @@ of the same name with the suffix ``.duckdb`` (``user_cost.duckdb`` for the defau
 ``user_cost.sqlite``), once, when it is created. The DuckDB file is only read, and left as
 it was. A ``path=`` that names the DuckDB file itself is refused with ``OldBudgetFile``,
 which says which path to pass instead.
+
+DuckDB is imported only to read such a file: the client-side install has no DuckDB, and
+on it an old file to import raises ``LegacyNeedsDuckDB`` with the install line.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import duckdb
 
 from ledger.domain.budgets import BudgetState
 from ledger.domain.errors import LedgerError
@@ -31,6 +32,19 @@ class OldBudgetFile(LedgerError):
     """``path=`` names a DuckDB file of the earlier local backend."""
 
     reason = "old_budget_file"
+
+
+class LegacyNeedsDuckDB(LedgerError):
+    """An earlier backend's DuckDB file is there to import, and DuckDB is not installed."""
+
+    reason = "legacy_needs_duckdb"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} is the earlier local backend's DuckDB file, imported once into the SQLite file "
+            "beside it; reading it needs DuckDB: pip install 'duckdb>=1.3,<3' (or move the file away "
+            "to start with no users)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,10 @@ def legacy_file_for(path: Path) -> Path | None:
 def read_legacy(path: Path) -> LegacyBudgets:
     """Every user and charge of the old file (none if it holds no BudgetManager tables).
     Raises ``duckdb.IOException`` while an older spend-ledger holds the file."""
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise LegacyNeedsDuckDB(path) from exc
     connection = duckdb.connect(str(path), read_only=True)
     try:
         tables = {

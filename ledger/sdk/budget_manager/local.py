@@ -51,7 +51,13 @@ from ledger.domain.events import UsageEvent
 from ledger.domain.fold import Charge, advance, apply_batch, apply_command, new_state
 from ledger.domain.pricing import price_event
 from ledger.integrations.litellm_budget import overall_limit
-from ledger.sdk.budget_manager.legacy import LegacyBudgets, legacy_file_for, read_legacy, refuse_duckdb_file
+from ledger.sdk.budget_manager.legacy import (
+    LegacyBudgets,
+    LegacyNeedsDuckDB,
+    legacy_file_for,
+    read_legacy,
+    refuse_duckdb_file,
+)
 from ledger.sdk.budget_manager.records import UnknownUser, UserBudget
 
 log = logging.getLogger(__name__)
@@ -306,8 +312,10 @@ class LocalBudgets:
         legacy_path = legacy_file_for(self.path)
         if legacy_path is None:
             return
-        import duckdb
-
+        try:
+            import duckdb
+        except ImportError as exc:
+            raise LegacyNeedsDuckDB(legacy_path) from exc
         try:
             legacy = read_legacy(legacy_path)
         except duckdb.IOException as exc:
