@@ -62,10 +62,13 @@ from ledger.integrations.litellm_requests import (
     ProxyBudgetExceededError,
     admission_max_tokens,
     admission_messages,
+    deployment_models,
     key_priority,
     payload_with_call_user,
     proxy_budget_error,
     proxy_rate_limit_error,
+    proxy_router,
+    proxy_unpriced_error,
     scopes_of_call,
     scopes_of_proxy_request,
     text_of,
@@ -95,10 +98,12 @@ ADMITTED_CALLS_MAX = 100_000  # calls this process admitted, remembered until th
 
 @dataclass(slots=True)
 class _AdmittedCall:
-    """A call this callback admitted: whether its hold was released, and the id of the
-    first response charged under it (a second, different response is another call that
-    reused the ``litellm_call_id``, and is charged under its own id)."""
+    """A call this callback admitted: its model group (the proxy request's ``model``),
+    whether its hold was released, and the id of the first response charged under it (a
+    second, different response is another call that reused the ``litellm_call_id``, and is
+    charged under its own id)."""
 
+    model_group: str | None = None
     released: bool = False
     response_id: str | None = None
 
@@ -224,10 +229,15 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
     ``max_completion_tokens``), the priority the key's ``metadata.priority``. A 402 raises
     ``ProxyBudgetExceededError`` (LiteLLM's ``BudgetExceededError``), a 429 LiteLLM's
     ``ProxyRateLimitError`` with ``retry-after``, as its dynamic rate limiter does. The
-    admitted call's usage event carries the ``litellm_call_id`` as its event id and settles
-    the hold; a failed call (``async_log_failure_event``, or the proxy's
+    request's ``model`` is a model group (often an alias): rate shares count on it, and the
+    estimate is priced as its deployments' models, read from the proxy's router (``router``,
+    default the proxy's ``llm_router``), the dearest. A model the api cannot price (and no
+    ``SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD`` fallback) is refused with LiteLLM's
+    ``ProxyException`` (400 ``unpriced_model``), never run unheld. The admitted call's usage
+    event carries the ``litellm_call_id`` as its event id and the group as ``model_group``,
+    and settles the hold; a failed call (``async_log_failure_event``, or the proxy's
     ``async_post_call_failure_hook``) and a cache hit release it. If the api cannot admit
-    (an unpriced model, a priority it does not know), the request is checked instead.
+    for another reason (a priority it does not know), the request is checked instead.
 
     Publishing goes over HTTP (``POST /v1/usage``, default) or to Kafka, from a thread of
     the callback's own, with ``PUBLISH_ATTEMPTS_MAX`` sends that reuse the event id (a
@@ -248,10 +258,13 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         settings: Settings | None = None,
         publisher: UsagePublisher | None = None,
         publish_wait_s: float = PUBLISH_WAIT_S,
+        router: Any = None,
     ) -> None:
         """``api_url`` and ``key`` default to ``SPEND_LEDGER_API_URL`` and the master (else
         ingest) key; Kafka uses ``SPEND_LEDGER_KAFKA_*`` and the topic prefix. Settings are
-        read on first use. ``publisher`` replaces the transport (tests, custom sinks)."""
+        read on first use. ``publisher`` replaces the transport (tests, custom sinks);
+        ``router`` is the LiteLLM ``Router`` whose model groups proxy requests name (default:
+        the running proxy's ``llm_router``)."""
         super().__init__()
         if transport not in ("http", "kafka"):
             raise ValueError(f"transport must be 'http' or 'kafka', got {transport!r}")
@@ -266,6 +279,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         self._key = key
         self._settings = settings
         self._given_publisher = publisher
+        self._router = router
         self._publisher = publisher
         self._client: LedgerClient | None = None
         self._admission_client: AsyncLedgerClient | None = None  # lives on the publish loop
@@ -389,7 +403,12 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         if request_id is None:  # LiteLLM's proxy sets one before the hooks; the success payload carries it
             request_id = str(uuid.uuid4())
             data["litellm_call_id"] = request_id
-        work = self._admit_on_loop(request_id, scopes, priority, admission_messages(data), admission_max_tokens(data))
+        group = text_of(data.get("model"))
+        router = self._router if self._router is not None else proxy_router()
+        models = deployment_models(router, group) if group is not None else ()
+        work = self._admit_on_loop(
+            request_id, scopes, group, models, priority, admission_messages(data), admission_max_tokens(data)
+        )
         try:
             admitted = await asyncio.wrap_future(self._loop.submit(work))
         except BudgetRefused as exc:
@@ -402,6 +421,8 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
             log.warning("spend-ledger: budgets not checked, the call goes ahead: %s", exc)
             return
         except LedgerApiError as exc:
+            if exc.type == "unpriced_model":  # it cannot be held: never run unheld
+                raise proxy_unpriced_error(exc) from exc
             log.warning("spend-ledger: call %s not admitted (%s); its budgets are checked instead", request_id, exc)
             await self._acheck(scopes)
             return
@@ -410,7 +431,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
             await self._acheck(scopes)
             return
         with self._lock:
-            self._admitted[request_id] = _AdmittedCall()
+            self._admitted[request_id] = _AdmittedCall(model_group=group)
             if len(self._admitted) > ADMITTED_CALLS_MAX:
                 self._admitted.popitem(last=False)
 
@@ -418,14 +439,20 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         self,
         request_id: str,
         scopes: CallScopes,
+        group: str | None,
+        models: tuple[str, ...],
         priority: str | None,
         messages: list[dict[str, str]] | None,
         max_tokens: int | None,
     ) -> Admitted:
+        """Admit as the group's deployment ``models`` when the router named them, else as
+        the request's model (the api then uses the group's recorded models)."""
         assert scopes.model is not None
         return await self._admission_client_now().admit(
             request_id,
-            scopes.model,
+            None if models else scopes.model,
+            model_group=group,
+            models=models or None,
             user=scopes.user,
             team=scopes.team,
             key=scopes.key,
@@ -458,6 +485,16 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
             log.warning("spend-ledger: call id %s was reused by another call, charged as %s", call_id, response_id)
             return payload
         return {**payload, "id": call_id}
+
+    def _with_model_group(self, call_id: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The payload with ``model_group`` from the admitted request's ``model`` when
+        LiteLLM left it empty (a call the proxy made without its router)."""
+        with self._lock:
+            call = self._admitted.get(call_id)
+            group = None if call is None else call.model_group
+        if group is None or text_of(payload.get("model_group")) is not None:
+            return payload
+        return {**payload, "model_group": group}
 
     def _release_soon(self, call_id: str | None) -> concurrent.futures.Future[None] | None:
         """Release the hold of an admitted call once (on the publish loop); None if there is none."""
@@ -551,6 +588,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
                     return None
                 if admitted_id is not None:
                     payload = self._with_settling_id(admitted_id, payload)
+                    payload = self._with_model_group(admitted_id, payload)
                 event = event_from_litellm_payload(payload_with_call_user(payload))
             except (InvalidUsage, ValidationError) as exc:
                 event_id = text_of(payload.get("id")) if isinstance(payload, Mapping) else None

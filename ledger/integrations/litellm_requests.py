@@ -5,13 +5,14 @@ wires these)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import litellm
 
-from ledger.client import RateLimited
+from ledger.client import LedgerApiError, RateLimited
 from ledger.sdk.guard import BudgetExceededError
 
 # Where a call names its scopes: LiteLLM's own metadata keys (the proxy sets the same ones,
@@ -22,6 +23,8 @@ META_KEY = "user_api_key_hash"
 META_END_USER = "user_api_key_end_user_id"
 META_TAGS = "tags"
 PROXY_BUDGET_STATUS = 400  # what the LiteLLM proxy answers for its own budget_exceeded
+PROXY_UNPRICED_STATUS = 400  # a request a proxy hook refuses for its input, as the proxy answers it
+PROXY_SERVER_MODULE = "litellm.proxy.proxy_server"  # holds the running proxy's ``llm_router``
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,35 @@ def scopes_of_proxy_request(user_api_key_dict: Any, data: Mapping[str, Any]) -> 
     )
 
 
+def proxy_router() -> Any:
+    """The running LiteLLM proxy's router (``proxy_server.llm_router``), or None when this
+    process is no proxy: the module is only read if the proxy already loaded it."""
+    return getattr(sys.modules.get(PROXY_SERVER_MODULE), "llm_router", None)
+
+
+def deployment_models(router: Any, group: str) -> tuple[str, ...]:
+    """The models a proxy model group's deployments are priced as, named as LiteLLM's
+    payload names them (no provider): each deployment's ``model_info.base_model``, else
+    ``litellm_params.base_model``, else ``litellm_params.model``. Empty when the router
+    does not know the group (the ledger then uses the group's recorded models)."""
+    if router is None:
+        return ()
+    try:
+        deployments = router.get_model_list(model_name=group) or []
+    except Exception:  # a router of another LiteLLM version; the recorded models still apply
+        return ()
+    found: dict[str, None] = {}
+    for deployment in deployments:
+        if not isinstance(deployment, Mapping):
+            continue
+        info = deployment.get("model_info") or {}
+        params = deployment.get("litellm_params") or {}
+        named = text_of(info.get("base_model")) or text_of(params.get("base_model")) or text_of(params.get("model"))
+        if named is not None and "*" not in named:  # a wildcard route prices as the requested model
+            found[_bare_model(named) or named] = None
+    return tuple(found)
+
+
 def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -159,6 +191,19 @@ class ProxyBudgetExceededError(BudgetExceededError, litellm.BudgetExceededError)
 
 def proxy_budget_error(refused: BudgetExceededError) -> ProxyBudgetExceededError:
     return refused if isinstance(refused, ProxyBudgetExceededError) else ProxyBudgetExceededError(refused)
+
+
+def proxy_unpriced_error(refused: LedgerApiError) -> Exception:
+    """A request the ledger cannot estimate (its model has no price and no fallback is
+    set), refused as the LiteLLM proxy refuses a request its hooks reject: its
+    ``ProxyException``, answered as it is, with the ledger's message naming the model and
+    the setting."""
+    from litellm.proxy._types import ProxyException
+
+    error: Exception = ProxyException(
+        message=refused.message, type="unpriced_model", param="model", code=PROXY_UNPRICED_STATUS
+    )
+    return error
 
 
 def proxy_rate_limit_error(refused: RateLimited, model: str | None) -> Exception:

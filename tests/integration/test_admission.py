@@ -18,6 +18,9 @@ import httpx
 import pytest
 
 from ledger.broker import EmbeddedBroker
+from ledger.domain.events import TokenUsage
+from ledger.domain.pricing import usage_cost_nanos
+from ledger.pricebooks.genai import genai_prices_book
 from tests.integration.builders import in_one_minute, until
 from tests.integration.conftest import ApiProcess, Ledger
 
@@ -386,3 +389,106 @@ def test_bad_admits_get_field_errors(stack: tuple[Ledger, ApiProcess]) -> None:
     assert body["estimated_tokens"] > 100
     assert body["estimate_cost_nanos"] > 0
     assert Decimal(str(body["estimate_cost"])) > 0
+
+
+# -- model groups: a LiteLLM proxy model_name, often an alias --------------------------------
+
+
+def estimate_nanos(model: str, prompt_tokens: int, max_tokens: int) -> int:
+    """What the api estimates for a call priced as ``model`` with the default price book."""
+    usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=max_tokens)
+    return usage_cost_nanos(genai_prices_book(), model, usage, datetime.now(UTC))
+
+
+def test_an_admit_naming_only_a_group_holds_its_dearest_model_and_counts_rpm_on_the_group(
+    stack: tuple[Ledger, ApiProcess],
+) -> None:
+    """rpm=2 on an alias group over two models: 200, 200, 429, 429, each held as gpt-4o."""
+    _, api = stack
+    group = new_id("team-gpt")
+    put(api, f"/v1/models/{group}/limits", {"rpm": 2, "models": ["gpt-4o-mini", "gpt-4o"]})
+    in_one_minute()
+    call = {"key": new_id("key"), "prompt_tokens": 1_000, "max_tokens": 100}
+    first = admit(api, model_group=group, **call)
+    assert first.status_code == 200, first.text
+    held = first.json()
+    assert (held["model"], held["model_group"]) == ("gpt-4o", group)
+    assert (
+        held["estimate_cost_nanos"] == estimate_nanos("gpt-4o", 1_000, 100) > estimate_nanos("gpt-4o-mini", 1_000, 100)
+    )
+    assert held["rpm"] == {"limit": 2, "remaining": 1, "model_remaining": 1, "active_keys": 1}
+    statuses = [admit(api, model=group, **call).status_code for _ in range(3)]  # the group as the model
+    assert [200, *statuses] == [200, 200, 429, 429]
+    assert httpx.get(f"{api.url}/v1/models/{group}/limits", headers=AUTH).json()["models"] == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_ten_concurrent_admits_on_an_alias_group_never_hold_past_the_budget(stack: tuple[Ledger, ApiProcess]) -> None:
+    _, api = stack
+    group, team = new_id("alias"), new_id("team-alias")
+    put(api, f"/v1/models/{group}/limits", {"models": ["gpt-4o"]})
+    each_nanos = estimate_nanos("gpt-4o", 100, 50)
+    budget_nanos = 3 * each_nanos
+    put(api, f"/v1/budgets/team/{team}", {"max_budget": str(Decimal(budget_nanos) / 10**9)})
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=AUTH, timeout=TIMEOUT_S) as client:
+            body = {"team": team, "model": group, "prompt_tokens": 100, "max_tokens": 50}
+            calls = [client.post(f"{api.url}/v1/admit", json={"request_id": new_id("c"), **body}) for _ in range(10)]
+            return list(await asyncio.gather(*calls))
+
+    statuses = sorted(answer.status_code for answer in asyncio.run(all_at_once()))
+    assert statuses == [200] * 3 + [402] * 7
+    holds = open_holds(api, f"team:{team}")
+    assert sum(hold["estimate_cost_nanos"] for hold in holds) == budget_nanos
+    assert {hold["model_group"] for hold in holds} == {group}
+
+
+def test_an_unpriced_model_is_refused_naming_the_model_and_the_setting(stack: tuple[Ledger, ApiProcess]) -> None:
+    _, api = stack
+    alias = new_id("unrecorded-alias")
+    refused = admit(api, model=alias, team=new_id("team"), prompt_tokens=10, max_tokens=10)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "unpriced_model"
+    assert alias in error["message"]
+    assert "SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD" in error["message"]
+    assert open_holds(api, f"team:{alias}") == []
+
+
+def test_with_a_fallback_estimate_an_unpriced_model_holds_it(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.mktemp("admission-fallback")
+    ledger = Ledger(broker, folder, admission_unpriced_estimate_usd="0.0005")
+    try:
+        api = ledger.start_api(folder / "ledger.duckdb", master_key=MASTER_KEY)
+        alias = new_id("unrecorded-alias")
+        held = admit(api, model=alias, key=new_id("key"), prompt_tokens=10, max_tokens=10)
+        assert held.status_code == 200, held.text
+        assert (held.json()["model"], held.json()["estimate_cost_nanos"]) == (alias, 500_000)
+    finally:
+        ledger.stop_all()
+
+
+def test_a_usage_event_keeps_its_model_group_and_spend_groups_by_it(stack: tuple[Ledger, ApiProcess]) -> None:
+    _, api = stack
+    team, group = new_id("team-groups"), new_id("team-gpt")
+    events = [
+        {"event_id": new_id("e"), "model": model, "model_group": group, "team_id": team, "reported_cost": cost}
+        for model, cost in (("gpt-4o", "0.002"), ("gpt-4o-mini", "0.001"), ("gpt-4o", "0.003"))
+    ]
+    posted = httpx.post(f"{api.url}/v1/usage", json={"events": events}, headers=AUTH, timeout=TIMEOUT_S)
+    assert posted.status_code == 202, posted.text
+
+    def rows() -> list[dict[str, Any]]:
+        params = {"group_by": "model_group,model", "scope": f"team:{team}"}
+        answer = httpx.get(f"{api.url}/v1/spend", params=params, headers=AUTH, timeout=TIMEOUT_S)
+        assert answer.status_code == 200, answer.text
+        found: list[dict[str, Any]] = answer.json()["rows"]
+        return found
+
+    found = until(rows, lambda found: sum(row["entry_count"] for row in found) == 3, "the three events in the store")
+    assert [(row["groups"], row["spend_nanos"]) for row in found] == [
+        ({"model_group": group, "model": "gpt-4o"}, 5_000_000),
+        ({"model_group": group, "model": "gpt-4o-mini"}, 1_000_000),
+    ]

@@ -13,14 +13,16 @@ from fastapi import HTTPException
 from litellm.proxy._types import UserAPIKeyAuth
 
 import ledger
-from ledger.client import RateLimited
+from ledger.client import LedgerApiError, RateLimited
 from ledger.integrations.litellm_requests import (
     ProxyBudgetExceededError,
     admission_max_tokens,
     admission_messages,
+    deployment_models,
     key_priority,
     proxy_budget_error,
     proxy_rate_limit_error,
+    proxy_unpriced_error,
 )
 
 
@@ -95,3 +97,30 @@ def test_a_rate_refusal_is_litellms_429_as_its_dynamic_rate_limiter_raises_it() 
     assert (error.status_code, error.detail) == (429, {"error": message})
     assert error.headers == {"x-ratelimit-remaining-requests": "0", "retry-after": "23"}
     assert str(getattr(error, "rate_limit_type", "")).endswith("requests")
+
+
+def test_a_groups_deployments_are_priced_as_their_base_model_else_their_model_without_provider() -> None:
+    router = litellm.Router(
+        model_list=[
+            {"model_name": "team-gpt", "litellm_params": {"model": "openai/gpt-4o-mini"}},
+            {
+                "model_name": "team-gpt",
+                "litellm_params": {"model": "azure/my-deployment", "api_base": "http://127.0.0.1:9", "api_key": "k"},
+                "model_info": {"base_model": "azure/gpt-4o"},
+            },
+            {"model_name": "team-gpt", "litellm_params": {"model": "gpt-4o-mini"}},
+            {"model_name": "other", "litellm_params": {"model": "gpt-4.1"}},
+        ]
+    )
+    assert deployment_models(router, "team-gpt") == ("gpt-4o-mini", "gpt-4o")
+    assert deployment_models(router, "unknown") == ()
+    assert deployment_models(None, "team-gpt") == ()
+
+
+def test_an_unpriced_call_is_refused_as_the_proxy_refuses_a_request_its_hooks_reject() -> None:
+    from litellm.proxy._types import ProxyException
+
+    message = "no price for model 'team-gpt'; set SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD"
+    refused = proxy_unpriced_error(LedgerApiError(422, "unpriced_model", message))
+    assert isinstance(refused, ProxyException)
+    assert (refused.code, refused.type, refused.param, refused.message) == ("400", "unpriced_model", "model", message)
