@@ -31,4 +31,4 @@ test: lint typecheck
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-litellm-proxy .mypy_cache .ruff_cache .pytest_cache .hypothesis

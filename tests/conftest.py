@@ -1,11 +1,25 @@
 """Test-session settings shared by every layer."""
 
 import os
+from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from tests.litellm_proxy_venv import ProxyVenv
 
 # CI runs the same examples every time (a red build names a real bug, not a dice roll);
 # locally each run explores new examples.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session")
+def litellm_proxy_venv() -> "ProxyVenv":
+    """The cached virtualenv of the light install beside ``litellm[proxy]`` (built on first
+    use, minutes and network; reused after): see tests/litellm_proxy_venv.py."""
+    from tests.litellm_proxy_venv import proxy_venv
+
+    return proxy_venv()
