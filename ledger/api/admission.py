@@ -39,6 +39,7 @@ TOKENS_PER_MESSAGE = 4  # OpenAI's chat framing per message, and the reply's pri
 HOLDS_LISTED_MAX = 10_000
 APPLY_POLL_S = 0.01
 TEXT_INLINE_CHARS_MAX = 65_536  # longer messages are tokenized off the event loop
+MODEL_MISSING = "Field required: give model, model_group or both"
 
 
 class ChatMessage(BaseModel):
@@ -95,8 +96,6 @@ class AdmitBody(BaseModel):
     def _one_prompt(self) -> AdmitBody:
         if self.prompt_tokens is not None and self.messages is not None:
             raise ValueError("give prompt_tokens or messages, not both")
-        if self.model is None and self.model_group is None:
-            raise ValueError("give model, model_group or both")
         if self.model is not None and self.models is not None:
             raise ValueError("give model or models, not both")
         return self
@@ -274,6 +273,8 @@ async def admit(request: Request) -> Response:
         body = AdmitBody.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(_body_errors(exc)) from exc
+    if body.model is None and body.model_group is None:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "model"), "msg": MODEL_MISSING}])
     service = api.admission
     if not service.ready.is_set():
         raise ApiError(503, "admission is loading its holds; retry shortly", "not_ready", headers={"retry-after": "1"})

@@ -75,7 +75,7 @@ def test_limits_import_adds_up_a_models_deployments_and_show_lists_it(stack: Sta
                   tpm: 200000
                   rpm: 6
               - model_name: {plain}
-                litellm_params: {{model: gpt-3.5-turbo}}
+                litellm_params: {{model: {plain}}}
             general_settings:
               master_key: sk-1234
             """
@@ -225,8 +225,38 @@ def test_without_a_running_api_the_commands_exit_2_and_a_dry_run_still_reads_the
     dry = runner.invoke(app, ["limits", "import", str(config), "--dry-run", "--json", "--url", url])
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.stdout)["models"][0] == {
-        "model": "gpt-4o", "tpm": 60, "rpm": None, "deployments": 1, "set": False, "applied": False,
+        "model": "gpt-4o", "tpm": 60, "rpm": None, "models": None, "deployments": 1, "set": False,
+        "applied": False,
     }  # fmt: skip
     bad_cost = runner.invoke(app, ["admit", "--model", "gpt-4o", "--cost", "abc", "--url", url])
     assert bad_cost.exit_code == EXIT_ERROR
     assert "not a decimal amount" in said(bad_cost)
+
+
+def test_limits_import_records_an_alias_groups_models_and_an_admit_naming_the_group_is_priced_as_them(
+    stack: Stack, tmp_path: Path
+):
+    group = unique("team-gpt")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            model_list:
+              - model_name: {group}
+                litellm_params: {{model: gpt-4o-mini, rpm: 2}}
+              - model_name: {group}
+                litellm_params: {{model: azure/my-deployment, api_key: os.environ/AZURE_API_KEY}}
+                model_info: {{base_model: gpt-4o}}
+            """
+        )
+    )
+    imported = stack.run("limits", "import", str(config), "--json")
+    assert imported.exit_code == 0, imported.output
+    [row] = json.loads(imported.stdout)["models"]
+    assert (row["model"], row["rpm"], row["models"], row["applied"]) == (group, 2, ["gpt-4o-mini", "gpt-4o"], True)
+    shown = json.loads(stack.run("limits", "show", "--json").stdout)["models"]
+    assert [model["models"] for model in shown if model["model"] == group] == [["gpt-4o-mini", "gpt-4o"]]
+    admitted = stack.run("admit", "--model", group, "--key", unique("k"), "--prompt-tokens", "10", "--json")
+    assert admitted.exit_code == 0, admitted.output
+    hold = json.loads(admitted.stdout)
+    assert (hold["model"], hold["model_group"]) == ("gpt-4o", group)  # the dearest of the two

@@ -215,3 +215,101 @@ def test_a_call_id_reused_by_a_client_never_makes_a_call_free(stack: Stack) -> N
         return {entry["event_id"] for batch in batches for entry in batch["entries"]} & wanted
 
     stack.ledger.read_json(stack.ledger.topics.ledger_entries, lambda found: charged(found) == wanted)
+
+
+# -- model groups: the proxy's model_name is an alias for a priced deployment ----------------
+
+
+def alias_router(group: str, model: str = "gpt-4o-mini") -> litellm.Router:
+    """A proxy router whose ``group`` (the request's ``model``) is served by ``model``."""
+    return litellm.Router(model_list=[{"model_name": group, "litellm_params": {"model": model}}])
+
+
+def test_an_alias_group_is_held_as_its_deployment_and_rate_limited_as_the_group(stack: Stack) -> None:
+    """The reported hole: team-gpt was not priced, so its calls ran unheld and rpm=2 never applied."""
+    group = unique("team-gpt")
+    stack.client.set_model_limits(group, rpm=2)
+    callback = SpendLedgerCallback(api_url=stack.api.url, key=MASTER_KEY, router=alias_router(group))
+    key = UserAPIKeyAuth(api_key=unique("sk-alias"), team_id=unique("team-alias"))
+    in_one_minute()
+    try:
+        admit(callback, key, proxy_request(group, key, 100))
+        [hold] = stack.client.admissions(scope=f"team:{key.team_id}")
+        assert (hold.model, hold.model_group) == ("gpt-4o-mini", group)
+        assert hold.estimate_cost_nanos == PROMPT_ESTIMATE * 150 + 100 * 600  # gpt-4o-mini's price
+        admit(callback, key, proxy_request(group, key, 100))
+        for _ in range(2):
+            with pytest.raises(HTTPException) as refused:
+                admit(callback, key, proxy_request(group, key, 100))
+            assert refused.value.status_code == 429
+            assert "over available RPM=0" in refused.value.detail["error"]
+    finally:
+        callback.close()
+
+
+def test_six_concurrent_alias_calls_never_hold_past_a_small_budget(stack: Stack) -> None:
+    """The issue's run: six concurrent alias calls on $0.0005 spent $0.00135 unheld."""
+    group, team = unique("team-gpt"), unique("team-concurrent")
+    assert stack.client.set_budget("team", team, max_budget="0.0005").applied
+    callback = SpendLedgerCallback(api_url=stack.api.url, key=MASTER_KEY, router=alias_router(group))
+    key = UserAPIKeyAuth(api_key=unique("sk-concurrent"), team_id=team)
+    each_nanos = PROMPT_ESTIMATE * 150 + 200 * 600
+
+    async def six_at_once() -> list[BaseException | None]:
+        hooks = [
+            callback.async_pre_call_hook(key, DualCache(), proxy_request(group, key, 200), "completion")
+            for _ in range(6)
+        ]
+        return list(await asyncio.gather(*hooks, return_exceptions=True))
+
+    try:
+        answers = run_async(six_at_once())
+    finally:
+        callback.close()
+    refusals = [answer for answer in answers if answer is not None]
+    assert all(isinstance(refusal, litellm.BudgetExceededError) for refusal in refusals), refusals
+    holds = stack.client.admissions(scope=f"team:{team}")
+    assert len(holds) == 6 - len(refusals) == 500_000 // each_nanos
+    assert sum(hold.estimate_cost_nanos for hold in holds) <= 500_000
+
+
+def test_an_unpriced_alias_is_refused_as_the_proxy_refuses_never_run_unheld(stack: Stack) -> None:
+    from litellm.proxy._types import ProxyException
+
+    alias = unique("nobody-knows-this-alias")  # not in the router, nothing recorded, no price
+    key = UserAPIKeyAuth(api_key=unique("sk-unpriced"), team_id=unique("team-unpriced"))
+    with pytest.raises(ProxyException) as refused:
+        admit(stack.callback, key, proxy_request(alias, key, 100))
+    assert (refused.value.code, refused.value.type, refused.value.param) == ("400", "unpriced_model", "model")
+    assert alias in refused.value.message
+    assert "SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD" in refused.value.message
+    assert open_ids(stack, key.team_id) == []
+
+
+def test_an_alias_calls_usage_event_names_its_group_and_settles_its_hold(stack: Stack) -> None:
+    group, team = unique("team-gpt"), unique("team-settled-alias")
+    assert stack.client.set_budget("team", team, max_budget="1").applied
+    router = alias_router(group)
+    callback = SpendLedgerCallback(api_url=stack.api.url, key=MASTER_KEY, router=router)
+    key = UserAPIKeyAuth(api_key=unique("sk-settled-alias"), team_id=team)
+    data = proxy_request(group, key, 100)
+    litellm.callbacks = [callback]
+
+    async def call_through_the_router() -> None:
+        await callback.async_pre_call_hook(key, DualCache(), data, "completion")
+        await router.acompletion(**data, mock_response="fine")
+        await until_async(lambda: callback.published, lambda n: n >= 1, "the usage event")
+
+    try:
+        run_async(call_through_the_router())
+    finally:
+        callback.close()
+    until(lambda: open_ids(stack, team), lambda ids: ids == [], "the usage event to settle the hold", timeout_s=WAIT_S)
+    call_id = data["litellm_call_id"]
+
+    def events(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        found = [event for batch in batches for event in batch.get("events", [batch]) if isinstance(event, dict)]
+        return [event for event in found if event.get("event_id") == call_id]
+
+    [event] = events(stack.ledger.read_json(stack.ledger.topics.usage, lambda found: bool(events(found))))
+    assert (event["model"], event["model_group"]) == ("gpt-4o-mini", group)
