@@ -79,3 +79,14 @@ def test_a_sasl_mechanism_and_protocol_that_disagree_are_refused(monkeypatch, va
         monkeypatch.setenv(f"SPEND_LEDGER_{name}", value)
     with pytest.raises(ValidationError, match=message):
         load_settings()
+
+
+def test_an_unpriced_call_is_refused_by_default_and_a_fallback_estimate_is_read_as_exact_nanos(monkeypatch):
+    monkeypatch.delenv("SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD", raising=False)
+    assert load_settings().admission_unpriced_estimate_nanos is None  # refuse: never overspend
+    monkeypatch.setenv("SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD", "0.0005")
+    assert load_settings().admission_unpriced_estimate_nanos == 500_000
+    for bad in ("0.0000000001", "0", "-1", "NaN", "1001"):
+        monkeypatch.setenv("SPEND_LEDGER_ADMISSION_UNPRICED_ESTIMATE_USD", bad)
+        with pytest.raises(ValidationError, match="admission_unpriced_estimate_usd"):
+            load_settings()

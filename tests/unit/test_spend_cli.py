@@ -7,11 +7,15 @@ import io
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
 from ledger.cli.main import app
 from ledger.domain.budgets import BudgetSpec
+from ledger.store.records import StoreRows, usage_rows
+from ledger.store.schema import open_store
+from ledger.store.writer import append
 from tests.unit.store_rows import at, build_store, command, dead_letter, entry
 
 runner = CliRunner()
@@ -147,3 +151,23 @@ def test_sql_says_on_stderr_when_rows_were_cut(store):
     assert result.exit_code == 0, result.output
     assert result.stdout == "n\n0\n1\n"
     assert "only the first 2 rows are shown" in result.stderr
+
+
+def test_spend_by_model_group_names_the_group_its_usage_events_asked_for(tmp_path):
+    charge = entry(7, "team:ml", model="gpt-4o", occurred_at=at(9))
+    path = build_store(tmp_path / "ledger.duckdb", entries=[charge])
+    event = {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": "gpt-4o",
+             "model_group": "team-gpt", "usage": {"prompt_tokens": 100, "completion_tokens": 10}}  # fmt: skip
+    rows = StoreRows()
+    rows.tables["usage_events"].extend(usage_rows(orjson.dumps({"batch_id": "b", "events": [event]}), 0, 1, len))
+    connection = open_store(path)
+    try:
+        append(connection, rows, {})
+    finally:
+        connection.close()
+    result = runner.invoke(
+        app, ["spend", "by", "-g", "model_group", "-g", "model", "--json"], env={"SPEND_LEDGER_DUCKDB_PATH": str(path)}
+    )
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert (row["model_group"], row["model"], row["spend_nanos"]) == ("team-gpt", "gpt-4o", 7)
