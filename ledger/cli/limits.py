@@ -267,11 +267,14 @@ def _deployments_text(model: ModelCapacity) -> str:
 def _show_rate_limits(info: RateLimitsInfo) -> None:
     if info.models:
         table = Table(title="Model capacities", caption="a minute, shared by the keys active in it")
-        for column in ("model", "tpm", "rpm"):
-            table.add_column(column, justify="left" if column == "model" else "right")
+        for column in ("model", "tpm", "rpm", "priced as"):
+            table.add_column(column, justify="right" if column in ("tpm", "rpm") else "left")
         for model in info.models:
             table.add_row(
-                model.model, "-" if model.tpm is None else str(model.tpm), "-" if model.rpm is None else str(model.rpm)
+                model.model,
+                "-" if model.tpm is None else str(model.tpm),
+                "-" if model.rpm is None else str(model.rpm),
+                escape(", ".join(model.models or ())) or "itself",
             )
         console.print(table)
     else:
