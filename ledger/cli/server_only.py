@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -40,6 +41,8 @@ def missing_server_distributions() -> list[str]:
 
 
 def _importable(module: str) -> bool:
+    if module in sys.modules:  # imported already (faust's own __spec__ is None: find_spec would raise)
+        return True
     try:
         return importlib.util.find_spec(module) is not None
     except ImportError:  # a finder that refuses the name (the tests' stand-in for a client-only install)
