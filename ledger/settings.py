@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # Names this api instance on ``admissions``; default: the host and the store's path,
     # so a restarted api owns (and expires) the holds it took before.
     api_instance_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+    # The LiteLLM callback charges LiteLLM's own User-Agent tags ("User-Agent: OpenAI/Python
+    # 2.54.0") as tag scopes only when set: off, a tag scope per client version is not made.
+    litellm_keep_user_agent_tags: bool = False
 
     @property
     def admission_unpriced_estimate_nanos(self) -> int | None:

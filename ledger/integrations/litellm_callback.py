@@ -65,6 +65,7 @@ from ledger.integrations.litellm_requests import (
     deployment_models,
     key_priority,
     payload_with_call_user,
+    payload_with_request_tags,
     proxy_budget_error,
     proxy_rate_limit_error,
     proxy_router,
@@ -207,7 +208,9 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
     Scopes: user, team and key from the call's ``metadata`` keys ``user_api_key_user_id``,
     ``user_api_key_team_id`` and ``user_api_key_hash`` (what the LiteLLM proxy sets), end
     user from ``metadata.user_api_key_end_user_id`` or the call's ``user`` argument, tags
-    from ``metadata.tags``::
+    from ``metadata.tags`` (the payload's ``request_tags``). The tags LiteLLM adds from a
+    proxy request's User-Agent header (``User-Agent: OpenAI/Python 2.54.0``) are left out
+    unless ``keep_user_agent_tags`` (default ``SPEND_LEDGER_LITELLM_KEEP_USER_AGENT_TAGS``)::
 
         litellm.completion(model="gpt-4o-mini", messages=[...], user="customer-7",
                            metadata={"user_api_key_team_id": "ml", "tags": ["batch"]})
@@ -259,12 +262,13 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         publisher: UsagePublisher | None = None,
         publish_wait_s: float = PUBLISH_WAIT_S,
         router: Any = None,
+        keep_user_agent_tags: bool | None = None,
     ) -> None:
         """``api_url`` and ``key`` default to ``SPEND_LEDGER_API_URL`` and the master (else
         ingest) key; Kafka uses ``SPEND_LEDGER_KAFKA_*`` and the topic prefix. Settings are
         read on first use. ``publisher`` replaces the transport (tests, custom sinks);
         ``router`` is the LiteLLM ``Router`` whose model groups proxy requests name (default:
-        the running proxy's ``llm_router``)."""
+        the running proxy's ``llm_router``). ``keep_user_agent_tags`` None reads the setting."""
         super().__init__()
         if transport not in ("http", "kafka"):
             raise ValueError(f"transport must be 'http' or 'kafka', got {transport!r}")
@@ -280,6 +284,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         self._settings = settings
         self._given_publisher = publisher
         self._router = router
+        self._keep_user_agent_tags = keep_user_agent_tags
         self._publisher = publisher
         self._client: LedgerClient | None = None
         self._admission_client: AsyncLedgerClient | None = None  # lives on the publish loop
@@ -305,6 +310,12 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
             if self._settings is None:
                 self._settings = Settings()
             return self._settings
+
+    def keeps_user_agent_tags(self) -> bool:
+        """Whether LiteLLM's User-Agent tags become tag scopes (the option, else the setting)."""
+        if self._keep_user_agent_tags is not None:
+            return self._keep_user_agent_tags
+        return self.settings().litellm_keep_user_agent_tags
 
     def _api(self) -> tuple[str, str | None]:
         settings = self.settings()
@@ -341,7 +352,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
     def check_call(self, **call: Any) -> None:
         """Raise ``BudgetExceededError`` if a call with these ``litellm.completion`` keyword
         arguments may not go ahead (sync calls: LiteLLM has no hook that can refuse them)."""
-        self._check(scopes_of_call(call))
+        self._check(scopes_of_call(call, self.keeps_user_agent_tags()))
 
     def _check(self, scopes: CallScopes) -> None:
         if not self.check_budgets:
@@ -376,7 +387,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         """LiteLLM runs this in every async SDK call before the provider call, and lets
         what it raises reach the caller. Proxy requests were checked in ``async_pre_call_hook``."""
         if kwargs.get("proxy_server_request") is None:
-            await self._acheck(scopes_of_call(kwargs))
+            await self._acheck(scopes_of_call(kwargs, self.keeps_user_agent_tags()))
         return None
 
     async def async_pre_call_hook(
@@ -386,7 +397,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
         without ``admission`` check it; refuse it, as the proxy refuses with its own errors,
         when its key, user, team, end user or tags are over budget or the key's rate share
         of the model is used up."""
-        scopes = scopes_of_proxy_request(user_api_key_dict, data)
+        scopes = scopes_of_proxy_request(user_api_key_dict, data, self.keeps_user_agent_tags())
         try:
             if self.admission and self.check_budgets and scopes.model is not None:
                 check_process_budget()
@@ -589,6 +600,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
                 if admitted_id is not None:
                     payload = self._with_settling_id(admitted_id, payload)
                     payload = self._with_model_group(admitted_id, payload)
+                payload = payload_with_request_tags(payload, self.keeps_user_agent_tags())
                 event = event_from_litellm_payload(payload_with_call_user(payload))
             except (InvalidUsage, ValidationError) as exc:
                 event_id = text_of(payload.get("id")) if isinstance(payload, Mapping) else None
@@ -701,6 +713,7 @@ __all__ = [
     "admission_messages",
     "key_priority",
     "payload_with_call_user",
+    "payload_with_request_tags",
     "proxy_budget_error",
     "proxy_handler_instance",
     "proxy_rate_limit_error",

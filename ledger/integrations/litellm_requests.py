@@ -25,6 +25,10 @@ META_TAGS = "tags"
 PROXY_BUDGET_STATUS = 400  # what the LiteLLM proxy answers for its own budget_exceeded
 PROXY_UNPRICED_STATUS = 400  # a request a proxy hook refuses for its input, as the proxy answers it
 PROXY_SERVER_MODULE = "litellm.proxy.proxy_server"  # holds the running proxy's ``llm_router``
+# LiteLLM tags every proxy request with its User-Agent header, twice ("User-Agent: OpenAI",
+# "User-Agent: OpenAI/Python 2.54.0"; StandardLoggingPayloadSetup._get_user_agent_tags), and
+# its own spend reports tell those tags apart by this prefix (_is_user_agent_tag).
+USER_AGENT_TAG_PREFIX = "user-agent:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +70,37 @@ def _bare_model(model: str | None) -> str | None:
     return bare if isinstance(bare, str) and bare else model
 
 
-def scopes_of_call(call: Mapping[str, Any]) -> CallScopes:
+def is_user_agent_tag(tag: str) -> bool:
+    """Whether ``tag`` is one LiteLLM adds from the request's User-Agent header (one per
+    client version), not one the caller or the key gave."""
+    return tag.strip().lower().startswith(USER_AGENT_TAG_PREFIX)
+
+
+def request_tags(raw_tags: Any, keep_user_agent_tags: bool = False) -> tuple[str, ...]:
+    """The tags a call is charged to: its non-empty string tags, each once, in order;
+    LiteLLM's User-Agent tags left out unless ``keep_user_agent_tags``."""
+    if not isinstance(raw_tags, list | tuple):
+        return ()
+    tags = (tag for tag in raw_tags if isinstance(tag, str) and tag)
+    return tuple(dict.fromkeys(tag for tag in tags if keep_user_agent_tags or not is_user_agent_tag(tag)))
+
+
+def payload_with_request_tags(payload: Mapping[str, Any], keep_user_agent_tags: bool = False) -> Mapping[str, Any]:
+    """The standard logging payload with ``request_tags`` as ``request_tags()`` keeps them."""
+    raw_tags = payload.get("request_tags")
+    if not isinstance(raw_tags, list | tuple):
+        return payload
+    kept = list(request_tags(raw_tags, keep_user_agent_tags))
+    return payload if kept == list(raw_tags) else {**payload, "request_tags": kept}
+
+
+def scopes_of_call(call: Mapping[str, Any], keep_user_agent_tags: bool = False) -> CallScopes:
     """Scopes of an SDK call from its keyword arguments: user, team and key from
     ``metadata`` (``user_api_key_user_id``, ``user_api_key_team_id``, ``user_api_key_hash``),
     end user from ``metadata.user_api_key_end_user_id`` or else the call's ``user``,
-    tags from ``metadata.tags``."""
+    tags from ``metadata.tags`` (LiteLLM's User-Agent tags only with ``keep_user_agent_tags``)."""
     meta = _call_metadata(call)
-    raw_tags = meta.get(META_TAGS) or ()
-    tags = tuple(dict.fromkeys(t for t in raw_tags if isinstance(t, str) and t)) if isinstance(raw_tags, list) else ()
+    tags = request_tags(meta.get(META_TAGS), keep_user_agent_tags)
     return CallScopes(
         user=text_of(meta.get(META_USER)),
         team=text_of(meta.get(META_TEAM)),
@@ -84,10 +111,12 @@ def scopes_of_call(call: Mapping[str, Any]) -> CallScopes:
     )
 
 
-def scopes_of_proxy_request(user_api_key_dict: Any, data: Mapping[str, Any]) -> CallScopes:
+def scopes_of_proxy_request(
+    user_api_key_dict: Any, data: Mapping[str, Any], keep_user_agent_tags: bool = False
+) -> CallScopes:
     """Scopes of a LiteLLM proxy request: the authenticated key's user, team, hashed key
     and end user (``UserAPIKeyAuth``), else what the request's metadata says."""
-    from_data = scopes_of_call(data)
+    from_data = scopes_of_call(data, keep_user_agent_tags)
     return CallScopes(
         user=text_of(getattr(user_api_key_dict, "user_id", None)) or from_data.user,
         team=text_of(getattr(user_api_key_dict, "team_id", None)) or from_data.team,

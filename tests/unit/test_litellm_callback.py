@@ -34,9 +34,17 @@ from ledger.domain.events import TokenUsage, UsageEvent
 from ledger.domain.money import usd_to_nanos
 from ledger.integrations import litellm_callback
 from ledger.integrations.litellm_callback import SpendLedgerCallback
-from ledger.integrations.litellm_requests import CallScopes, scopes_of_call, scopes_of_proxy_request
+from ledger.integrations.litellm_requests import (
+    CallScopes,
+    is_user_agent_tag,
+    payload_with_request_tags,
+    request_tags,
+    scopes_of_call,
+    scopes_of_proxy_request,
+)
 from ledger.sdk.guard import BudgetExceededError, current_cost_nanos, record_cost, reset_current_cost
 from ledger.sdk.producer import Published, PublishUnconfirmed
+from ledger.settings import Settings
 from tests.one_loop import close_test_loop, run_async
 
 
@@ -508,6 +516,57 @@ def test_scopes_of_a_proxy_request_come_from_the_authenticated_key() -> None:
     scopes = scopes_of_proxy_request(key, data)
     assert scopes == CallScopes(user="bob", team="ml", key=key.api_key, end_user="acme", tags=("prod",), model="gpt-4o")
     assert scopes.key != "sk-proxy-test-key"  # the proxy's hash of the key, as its logging payload has it
+
+
+def test_litellms_user_agent_tags_are_left_out_of_the_scopes_unless_kept() -> None:
+    # what LiteLLM 1.97 adds for the openai client (StandardLoggingPayloadSetup._get_user_agent_tags)
+    litellm_tags = ["User-Agent: OpenAI", "User-Agent: OpenAI/Python 2.54.0"]
+    assert all(is_user_agent_tag(tag) for tag in [*litellm_tags, "user-agent:curl/8.5.0", " User-Agent: x"])
+    assert not any(is_user_agent_tag(tag) for tag in ["prod", "agent:build", "User-Agents", "x-user-agent: y"])
+    assert request_tags(["prod", *litellm_tags, "prod", ""]) == ("prod",)
+    assert request_tags(["prod", *litellm_tags], keep_user_agent_tags=True) == ("prod", *litellm_tags)
+    payload = {"id": "call-1", "request_tags": ["batch", *litellm_tags]}
+    assert payload_with_request_tags(payload) == {"id": "call-1", "request_tags": ["batch"]}
+    assert payload_with_request_tags(payload, keep_user_agent_tags=True) is payload
+    call = {"model": "gpt-4o", "metadata": {"tags": ["batch", "User-Agent: OpenAI"]}}
+    assert scopes_of_call(call).tags == ("batch",)
+    assert scopes_of_proxy_request(UserAPIKeyAuth(), call, keep_user_agent_tags=True).tags == (
+        "batch",
+        "User-Agent: OpenAI",
+    )
+
+
+def test_a_proxy_requests_user_agent_tags_are_not_charged_by_default(
+    use_callbacks: Callable[..., None], publisher: MemoryPublisher
+) -> None:
+    dropping = SpendLedgerCallback(api_url="http://127.0.0.1:9", check_budgets=False, publisher=publisher)
+    keeping = SpendLedgerCallback(
+        check_budgets=False,
+        publisher=publisher,
+        settings=Settings(api_url="http://127.0.0.1:9", litellm_keep_user_agent_tags=True),
+    )
+    request = {"headers": {"user-agent": "OpenAI/Python 2.54.0"}, "body": {}}
+    try:
+        for callback in (dropping, keeping):
+            litellm.logging_callback_manager._reset_all_callbacks()  # LiteLLM skips a second instance of a type
+            use_callbacks(callback)
+            litellm.completion(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                mock_response="fine",
+                metadata={"tags": ["batch"]},
+                proxy_server_request=request,  # LiteLLM adds its User-Agent tags from this request's headers
+            )
+            wait_until(lambda callback=callback: callback.published == 1, "the event to be published")
+    finally:
+        dropping.close()
+        keeping.close()
+    assert not dropping.keeps_user_agent_tags()
+    assert keeping.keeps_user_agent_tags()
+    assert [event.tags for event in publisher.events] == [
+        ("batch",),
+        ("batch", "User-Agent: OpenAI", "User-Agent: OpenAI/Python 2.54.0"),
+    ]
 
 
 def test_a_proxy_config_names_the_module_instance_by_its_dotted_path() -> None:
