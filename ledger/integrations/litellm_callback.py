@@ -64,6 +64,7 @@ from ledger.integrations.litellm_requests import (
     admission_messages,
     deployment_models,
     key_priority,
+    payload_with_bare_model,
     payload_with_call_user,
     payload_with_request_tags,
     proxy_budget_error,
@@ -600,7 +601,7 @@ class SpendLedgerCallback(CustomLogger):  # type: ignore[misc]
                 if admitted_id is not None:
                     payload = self._with_settling_id(admitted_id, payload)
                     payload = self._with_model_group(admitted_id, payload)
-                payload = payload_with_request_tags(payload, self.keeps_user_agent_tags())
+                payload = payload_with_request_tags(payload_with_bare_model(payload), self.keeps_user_agent_tags())
                 event = event_from_litellm_payload(payload_with_call_user(payload))
             except (InvalidUsage, ValidationError) as exc:
                 event_id = text_of(payload.get("id")) if isinstance(payload, Mapping) else None

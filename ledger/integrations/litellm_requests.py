@@ -261,6 +261,17 @@ def proxy_rate_limit_error(refused: RateLimited, model: str | None) -> Exception
     return error
 
 
+def payload_with_bare_model(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The payload with ``model`` as price books name it: the LiteLLM proxy logs a
+    deployment's model as configured (``openai/gpt-4o-mini``) with the provider beside it
+    in ``custom_llm_provider``; that prefix is dropped (``gpt-4o-mini``, provider ``openai``)."""
+    model = text_of(payload.get("model"))
+    provider = text_of(payload.get("custom_llm_provider"))
+    if model is None or provider is None or not model.startswith(f"{provider}/"):
+        return payload
+    return {**payload, "model": model.removeprefix(f"{provider}/")}
+
+
 def payload_with_call_user(payload: Mapping[str, Any]) -> Mapping[str, Any]:
     """The payload with ``end_user`` set from the call's ``user`` argument when LiteLLM left
     it empty (the SDK keeps ``user`` only in ``model_parameters``; the proxy copies it)."""

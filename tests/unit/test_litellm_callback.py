@@ -37,6 +37,7 @@ from ledger.integrations.litellm_callback import SpendLedgerCallback
 from ledger.integrations.litellm_requests import (
     CallScopes,
     is_user_agent_tag,
+    payload_with_bare_model,
     payload_with_request_tags,
     request_tags,
     scopes_of_call,
@@ -534,6 +535,18 @@ def test_litellms_user_agent_tags_are_left_out_of_the_scopes_unless_kept() -> No
         "batch",
         "User-Agent: OpenAI",
     )
+
+
+def test_a_proxy_deployments_provider_prefix_is_dropped_from_the_events_model() -> None:
+    # the LiteLLM proxy logs a deployment's model as its config names it (openai/gpt-4o-mini)
+    payload = {"model": "openai/gpt-4o-mini", "custom_llm_provider": "openai", "model_group": "team-gpt"}
+    assert payload_with_bare_model(payload) == {**payload, "model": "gpt-4o-mini"}
+    for kept in (
+        {"model": "gpt-4o-mini", "custom_llm_provider": "openai"},
+        {"model": "openrouter/openai/gpt-4o", "custom_llm_provider": "openrouter/x"},
+        {"model": "azure/gpt-4o-eu"},
+    ):
+        assert payload_with_bare_model(kept) is kept
 
 
 def test_a_proxy_requests_user_agent_tags_are_not_charged_by_default(
