@@ -118,12 +118,16 @@ def imported_limits(proxy_folder: Path, stack_url: str, stack_key: str) -> str:
     return answer.stdout
 
 
+def proxy_env(stack_url: str, stack_key: str) -> dict[str, str]:
+    return {"SPEND_LEDGER_API_URL": stack_url, "SPEND_LEDGER_MASTER_KEY": stack_key, "LITELLM_MASTER_KEY": MASTER_KEY}
+
+
 @pytest.fixture(scope="module")
 def proxy(
     litellm_proxy_venv: ProxyVenv, proxy_folder: Path, imported_limits: str, stack_url: str, stack_key: str
 ) -> Iterator[RunningProxy]:
     """One ``litellm --config config.yaml`` for the module, on a loopback port, stopped by pid."""
-    env = {"SPEND_LEDGER_API_URL": stack_url, "SPEND_LEDGER_MASTER_KEY": stack_key, "LITELLM_MASTER_KEY": MASTER_KEY}
+    env = proxy_env(stack_url, stack_key)
     with running_proxy(litellm_proxy_venv, proxy_folder / "config.yaml", proxy_folder / "proxy.log", env=env) as run:
         yield run
     assert run.process.exit_code is not None, f"litellm (pid {run.pid}) was stopped"
@@ -256,7 +260,7 @@ def test_an_end_user_over_budget_is_refused_with_litellms_message_and_nothing_ch
     assert refused.value.status_code == 400
     print(f"refused: {refused.value.message}")
     assert "Budget has been exceeded! Current cost: " in refused.value.message
-    assert "Max budget: 1e-06" in refused.value.message or "Max budget: 0.000001" in refused.value.message
+    assert "Max budget: 0.000001" in refused.value.message
     assert chat(proxy, DANA, user=unique("customer"), extra_body={"metadata": {"tags": [tag]}}).http_response
     view = spend_once_stored(admin, f"tag:{tag}", entries=1)  # the other end user's call only
     assert f"end_user:{end_user}" not in spent_by_scope(view)
@@ -362,3 +366,17 @@ def test_a_failed_call_releases_its_hold_and_charges_nothing(proxy: RunningProxy
     assert chat(proxy, DANA, extra_body={"metadata": {"tags": [tag]}}).status_code == 200
     view = spend_once_stored(admin, f"tag:{tag}", entries=1)  # only the call that succeeded
     assert spent_by_scope(view)[f"tag:{tag}"] == MOCK_CALL_NANOS
+
+
+def test_litellms_user_agent_tags_are_charged_only_when_the_setting_keeps_them(
+    litellm_proxy_venv: ProxyVenv, proxy_folder: Path, stack_url: str, stack_key: str, admin: httpx.Client
+) -> None:
+    # A second proxy, started with the setting on: the openai client's User-Agent is
+    # OpenAI/Python <version>, which LiteLLM turns into two tags of its own.
+    env = {**proxy_env(stack_url, stack_key), "SPEND_LEDGER_LITELLM_KEEP_USER_AGENT_TAGS": "true"}
+    tag = unique("proxy-user-agent")
+    with running_proxy(litellm_proxy_venv, proxy_folder / "config.yaml", proxy_folder / "keep.log", env=env) as run:
+        chat(run, DANA, extra_body={"metadata": {"tags": [tag]}})
+    view = spend_once_stored(admin, f"tag:{tag}", entries=1)
+    user_agent_tags = {scope for scope in spent_by_scope(view) if scope.startswith("tag:User-Agent: ")}
+    assert user_agent_tags == {"tag:User-Agent: OpenAI", f"tag:User-Agent: OpenAI/Python {openai.__version__}"}
