@@ -4,7 +4,8 @@
 what runs), a master key and no database, against the session ``spend-ledger dev`` stack.
 Clients call it over HTTP with the openai client, with the README's keys; LiteLLM's
 ``mock_response`` stands in for the provider. Two deployments are added for the tests: an
-alias with no rate limits (concurrent calls) and one whose mock raises (a failed call)."""
+alias with no rate limits (concurrent calls) and one whose mock raises (a failed call).
+One proxy serves the module; a second, briefly, runs with the User-Agent tag setting on."""
 
 from __future__ import annotations
 
@@ -250,6 +251,22 @@ def test_each_call_is_charged_once_at_the_proxys_response_cost(
     assert models == {"gpt-4o-mini"}
 
 
+def test_the_master_key_passes_and_a_key_custom_auth_does_not_know_is_refused(
+    proxy: RunningProxy, admin: httpx.Client
+) -> None:
+    tag = unique("proxy-auth")
+    with pytest.raises(openai.AuthenticationError) as refused:
+        chat(proxy, "sk-nobody-knows", extra_body={"metadata": {"tags": [tag]}})
+    assert refused.value.status_code == 401
+    admitted = chat(proxy, MASTER_KEY, extra_body={"metadata": {"tags": [tag]}})
+    view = spend_once_stored(admin, f"tag:{tag}", entries=1)
+    assert spent_by_scope(view) == {
+        "global:*": cost_nanos(admitted.headers),
+        key_scope(MASTER_KEY): cost_nanos(admitted.headers),
+        f"tag:{tag}": cost_nanos(admitted.headers),
+    }
+
+
 def test_an_end_user_over_budget_is_refused_with_litellms_message_and_nothing_charged(
     proxy: RunningProxy, admin: httpx.Client
 ) -> None:
@@ -377,6 +394,7 @@ def test_litellms_user_agent_tags_are_charged_only_when_the_setting_keeps_them(
     tag = unique("proxy-user-agent")
     with running_proxy(litellm_proxy_venv, proxy_folder / "config.yaml", proxy_folder / "keep.log", env=env) as run:
         chat(run, DANA, extra_body={"metadata": {"tags": [tag]}})
-    view = spend_once_stored(admin, f"tag:{tag}", entries=1)
+        # the proxy publishes after it answers: stopped at once, it may not have
+        view = spend_once_stored(admin, f"tag:{tag}", entries=1)
     user_agent_tags = {scope for scope in spent_by_scope(view) if scope.startswith("tag:User-Agent: ")}
     assert user_agent_tags == {"tag:User-Agent: OpenAI", f"tag:User-Agent: OpenAI/Python {openai.__version__}"}
