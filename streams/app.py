@@ -282,6 +282,7 @@ class LedgerWorker:
             self._restore_ids(outputs, partition, offset, dedup, *restored)
             return
         sources, items = decode_routed(message.value or b"")
+        received = [record_time(source.timestamp_ms) for source in sources]  # once per source, not per event
         checked: list[tuple[UsageEvent | LedgerAdjustment, Source, bytes]] = []
         for source_index, body in items:
             source = sources[source_index]
@@ -290,7 +291,7 @@ class LedgerWorker:
             except orjson.JSONDecodeError as exc:  # hop 1 sent only objects; a bug if reached
                 self._dead_letter(outputs, Rejected(body, "decode", "malformed_json", str(exc)), source)
                 continue
-            usage = validate_input(raw, original=body, received_at=record_time(source.timestamp_ms))
+            usage = validate_input(raw, original=body, received_at=received[source_index])
             if isinstance(usage, Rejected):
                 self._dead_letter(outputs, usage, source)
             else:
