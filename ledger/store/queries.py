@@ -2,15 +2,19 @@
 
 Callers (the CLI, the HTTP API's ``GET /v1/spend``) pass names from fixed sets and
 values, never SQL. Every amount is an ``int`` of nanos; ``adjustment`` entries count in
-spend; times are UTC and ranges are ``[start, end)`` of ``occurred_at``.
+spend; ranges are ``[start, end)`` of ``occurred_at``. Time buckets (windows) start at
+local boundaries of an IANA time zone (UTC unless given) and come back as aware
+datetimes in that zone's local time with a fixed UTC offset (``_in_zone``);
+``_bucket_sql`` keeps the rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ledger.domain.budgets import BudgetCommand, BudgetSpec
 from ledger.domain.scopes import InvalidScope, parse_scope_key
@@ -24,6 +28,11 @@ GROUP_BY_NAMES: tuple[str, ...] = get_args(GroupBy)
 SpenderKind = Literal["user", "team", "key", "end_user", "tag"]
 SPENDER_KINDS: tuple[str, ...] = get_args(SpenderKind)
 TIME_BUCKETS = ("hour", "day", "month")
+Window = Literal["hour", "day", "week", "month"]
+WINDOWS: tuple[str, ...] = get_args(Window)
+DEFAULT_TIME_ZONE = "UTC"
+TIME_ZONE_CHARS_MAX = 64  # the longest IANA name is 32 characters
+FILTER_VALUES_MAX = 100  # values of one filter dimension (team, user, ...) in one query
 
 SPEND_ROWS_MAX = 10_000
 TOP_SPENDERS_MAX = 1_000
@@ -35,17 +44,40 @@ class InvalidSpendQuery(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class SpendFilters:
+    """Which entries a spend query keeps: for each dimension given, the entries matching any
+    of its values (OR within a dimension, AND across them). Scope dimensions match the
+    entry's scope keys (``team`` ``ml`` keeps entries charged to ``team:ml``); ``model``
+    matches the entry's (priced) model."""
+
+    team: tuple[str, ...] = ()
+    user: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+    end_user: tuple[str, ...] = ()
+    tag: tuple[str, ...] = ()
+    model: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SpendRow:
     """Spend of one group. ``groups`` maps each group-by name to its value: a scope id (the
     part after ``kind:``), a full scope key for ``scope``, a model or model group, or a
-    bucket's UTC start; None for entries that name no scope of that kind, or no group. Tokens count charges only (an
-    adjustment corrects the cost of a call already counted)."""
+    time bucket's start (aware, in the query's zone); None for entries that name no scope
+    of that kind, or no group. ``window_start`` and ``window_end`` bound the row's window
+    ``[start, end)`` when the query asked for one. Tokens count charges only (an
+    adjustment corrects the cost of a call already counted); cache and reasoning tokens
+    come from the charge's usage event and are parts of prompt and completion tokens."""
 
     groups: dict[str, str | datetime | None]
     spend_nanos: int
     entry_count: int
     prompt_tokens: int
     completion_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    window_start: datetime | None = None
+    window_end: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +89,8 @@ class SpendReport:
     end: datetime | None
     rows: tuple[SpendRow, ...]
     truncated: bool
+    window: str | None = None
+    time_zone: str = DEFAULT_TIME_ZONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +154,34 @@ def spend_by(
     start: datetime | None = None,
     end: datetime | None = None,
     scope_key: str | None = None,
+    filters: SpendFilters = SpendFilters(),
+    window: str | None = None,
+    time_zone: str = DEFAULT_TIME_ZONE,
     limit: int = SPEND_ROWS_MAX,
 ) -> SpendReport:
-    """Spend grouped by any of ``GROUP_BY_NAMES`` (none: one total row), ordered by group.
+    """Spend grouped by any of ``GROUP_BY_NAMES`` (none: one total row), and by ``window``
+    (one of ``WINDOWS``) when given, ordered by window, then by group.
 
     Scope kinds come from each entry's scope keys, so an entry with two tags counts once
-    under each tag. ``scope_key`` keeps only the entries charged to that scope.
+    under each tag. ``scope_key`` keeps only the entries charged to that scope, ``filters``
+    those matching it. Windows and the ``hour``, ``day`` and ``month`` groups are buckets in
+    ``time_zone`` (see ``_bucket_sql``).
     """
     names = _checked_group_by(group_by)
+    if window is not None and window not in WINDOWS:
+        raise InvalidSpendQuery(f"unknown window {window!r}; expected one of: {', '.join(WINDOWS)}")
+    zone = time_zone_named(time_zone)
     _check_range(start, end)
     _check_limit(limit, SPEND_ROWS_MAX)
+    if window is not None or any(name in TIME_BUCKETS for name in names):
+        _check_duckdb_knows_zone(connection, time_zone)
     columns: list[str] = []
+    column_parameters: list[Any] = []
     joins: list[str] = []
+    if window is not None:
+        window_start, window_end = _bucket_sql(window)
+        columns.extend([window_start, window_end])
+        column_parameters.extend([time_zone] * (window_start + window_end).count("?"))
     for name in names:
         if name == "scope":
             joins.append("unnest(e.scope_keys) AS g_scope(value)")
@@ -142,26 +192,58 @@ def spend_by(
         elif name == "model":
             columns.append("e.model")
         elif name == "model_group":  # on the entry's usage event: the worker's entries name the priced model
-            columns.append("(SELECT u.model_group FROM usage_events AS u WHERE u.event_id = e.event_id)")
-        else:  # a time bucket, truncated in UTC whatever the session's time zone
-            columns.append(f"date_trunc('{name}', timezone('UTC', e.occurred_at))")
-    where, parameters = _entry_filters(start, end, scope_key)
-    sql = f"SELECT {', '.join([*columns, _SPEND_SUMS])} FROM {', '.join(['ledger_entries AS e', *joins])} {where}"
+            columns.append("u.model_group")
+        else:  # a time bucket's start in the query's zone
+            bucket_start, _ = _bucket_sql(name)
+            columns.append(bucket_start)
+            column_parameters.extend([time_zone] * bucket_start.count("?"))
+    where, parameters = _entry_filters(start, end, scope_key, filters)
+    # An entry's usage event (one per event_id) gives its model group and cache and reasoning tokens.
+    sources = ", ".join(["ledger_entries AS e LEFT JOIN usage_events AS u ON u.event_id = e.event_id", *joins])
+    sql = f"SELECT {', '.join([*columns, _SPEND_SUMS, _USAGE_TOKEN_SUMS])} FROM {sources} {where}"
     if columns:
         positions = range(1, len(columns) + 1)
         sql += f" GROUP BY {', '.join(map(str, positions))} ORDER BY {', '.join(f'{i} NULLS LAST' for i in positions)}"
-    fetched = connection.execute(sql + " LIMIT ?", [*parameters, limit + 1]).fetchall()
+    fetched = connection.execute(sql + " LIMIT ?", [*column_parameters, *parameters, limit + 1]).fetchall()
+    offset = 2 if window is not None else 0
     rows = tuple(
         SpendRow(
-            groups={name: _group_value(name, value) for name, value in zip(names, row[: len(names)], strict=True)},
-            spend_nanos=int(row[-4]),
-            entry_count=int(row[-3]),
-            prompt_tokens=int(row[-2]),
-            completion_tokens=int(row[-1]),
+            groups={
+                name: _group_value(name, value, zone)
+                for name, value in zip(names, row[offset : offset + len(names)], strict=True)
+            },
+            spend_nanos=int(row[-7]),
+            entry_count=int(row[-6]),
+            prompt_tokens=int(row[-5]),
+            completion_tokens=int(row[-4]),
+            cache_read_tokens=int(row[-3]),
+            cache_write_tokens=int(row[-2]),
+            reasoning_tokens=int(row[-1]),
+            window_start=_in_zone(row[0], zone) if window is not None else None,
+            window_end=_in_zone(row[1], zone) if window is not None else None,
         )
         for row in fetched[:limit]
     )
-    return SpendReport(group_by=names, start=start, end=end, rows=rows, truncated=len(fetched) > limit)
+    return SpendReport(
+        group_by=names,
+        start=start,
+        end=end,
+        rows=rows,
+        truncated=len(fetched) > limit,
+        window=window,
+        time_zone=time_zone,
+    )
+
+
+def time_zone_named(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` (e.g. ``America/New_York``), or ``InvalidSpendQuery`` naming it."""
+    refusal = InvalidSpendQuery(f"unknown time zone {name!r}; give an IANA name such as UTC or America/New_York")
+    if not name or len(name) > TIME_ZONE_CHARS_MAX:
+        raise refusal
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise refusal from exc
 
 
 def spend_by_scope(
@@ -177,7 +259,16 @@ def spend_by_scope(
         return spend_by(connection, ["scope"], start=start, end=end, limit=limit)
     total = spend_by(connection, [], start=start, end=end, scope_key=scope_key, limit=limit)
     (row,) = total.rows
-    only = SpendRow({"scope": scope_key}, row.spend_nanos, row.entry_count, row.prompt_tokens, row.completion_tokens)
+    only = SpendRow(
+        {"scope": scope_key},
+        row.spend_nanos,
+        row.entry_count,
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.cache_read_tokens,
+        row.cache_write_tokens,
+        row.reasoning_tokens,
+    )
     return SpendReport(group_by=("scope",), start=start, end=end, rows=(only,), truncated=False)
 
 
@@ -289,6 +380,12 @@ _SPEND_SUMS = (
     "coalesce(sum(e.completion_tokens) FILTER (WHERE e.kind = 'charge'), 0)"
 )
 
+# Over ``ledger_entries AS e LEFT JOIN usage_events AS u``: the charge's usage event's tokens.
+_USAGE_TOKEN_SUMS = ", ".join(
+    f"coalesce(sum(u.{column}) FILTER (WHERE e.kind = 'charge'), 0)"
+    for column in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+)
+
 # Per scope: the latest upsert, set_overall or delete by issued_at (then by offset) decides
 # whether it has a budget; a delete drops the scope. "Since" is the latest change or reset
 # from then on. Its limits come from the fold over its commands (``scope_limits``).
@@ -339,7 +436,39 @@ def _scope_ids_or_null(kind: str) -> str:
     return f"CASE WHEN len({ids}) = 0 THEN [NULL::VARCHAR] ELSE {ids} END"
 
 
-def _entry_filters(start: datetime | None, end: datetime | None, scope_key: str | None) -> tuple[str, list[Any]]:
+def _bucket_sql(unit: str) -> tuple[str, str]:
+    """SQL for the start and end (TIMESTAMPTZ) of the ``unit`` bucket holding ``e.occurred_at``
+    in the zone that each ``?`` in them binds.
+
+    Days, ISO weeks (from Monday) and months start at local midnight: truncate the local
+    time, then read it back in the zone, so a day across a DST change lasts 23 or 25 hours.
+    An hour is truncated locally but keeps the instant's own UTC offset, so the hour that a
+    fall-back repeats is two buckets, not one bucket of two hours; it lasts one hour.
+    """
+    local = "timezone(?, e.occurred_at)"
+    if unit == "hour":
+        start = f"(e.occurred_at - ({local} - date_trunc('hour', {local})))"
+        return start, f"({start} + INTERVAL 1 HOUR)"
+    assert unit in WINDOWS
+    step = "INTERVAL 7 DAY" if unit == "week" else f"INTERVAL 1 {unit.upper()}"
+    local_start = f"date_trunc('{unit}', {local})"
+    return f"timezone(?, {local_start})", f"timezone(?, {local_start} + {step})"
+
+
+def _check_duckdb_knows_zone(connection: duckdb.DuckDBPyConnection, time_zone: str) -> None:
+    """DuckDB computes the buckets: refuse a zone its time zone database lacks."""
+    if time_zone == DEFAULT_TIME_ZONE:
+        return
+    if connection.execute("SELECT 1 FROM pg_timezone_names() WHERE name = ?", [time_zone]).fetchone() is None:
+        raise InvalidSpendQuery(f"unknown time zone {time_zone!r}; give an IANA name such as UTC or America/New_York")
+
+
+def _entry_filters(
+    start: datetime | None,
+    end: datetime | None,
+    scope_key: str | None,
+    filters: SpendFilters | None = None,
+) -> tuple[str, list[Any]]:
     conditions: list[str] = []
     parameters: list[Any] = []
     if start is not None:
@@ -352,13 +481,44 @@ def _entry_filters(start: datetime | None, end: datetime | None, scope_key: str 
         _check_scope_key(scope_key)
         conditions.append("list_contains(e.scope_keys, ?)")
         parameters.append(scope_key)
+    for dimension, values in _filter_values(filters or SpendFilters()):
+        if dimension == "model":
+            conditions.append("list_contains(?::VARCHAR[], e.model)")
+            parameters.append(list(values))
+        else:
+            scope_keys = [f"{dimension}:{value}" for value in values]
+            for key in scope_keys:
+                _check_scope_key(key)
+            conditions.append("list_has_any(e.scope_keys, ?::VARCHAR[])")
+            parameters.append(scope_keys)
     return ("WHERE " + " AND ".join(conditions) if conditions else ""), parameters
 
 
-def _group_value(name: str, value: Any) -> str | datetime | None:
+def _filter_values(filters: SpendFilters) -> list[tuple[str, tuple[str, ...]]]:
+    """The dimensions ``filters`` names, with their values, checked against the limits."""
+    given = [(field.name, getattr(filters, field.name)) for field in fields(filters) if getattr(filters, field.name)]
+    for name, values in given:
+        if len(values) > FILTER_VALUES_MAX:
+            raise InvalidSpendQuery(f"'{name}' takes at most {FILTER_VALUES_MAX} values, got {len(values)}")
+        if any(not value for value in values):
+            raise InvalidSpendQuery(f"'{name}' values must not be empty")
+    return given
+
+
+def _group_value(name: str, value: Any, zone: ZoneInfo) -> str | datetime | None:
     if name in TIME_BUCKETS:
-        return _utc(value)
+        return _in_zone(value, zone)
     return None if value is None else str(value)
+
+
+def _in_zone(value: datetime, zone: ZoneInfo) -> datetime:
+    """``value`` in ``zone``'s local time with that instant's fixed UTC offset as its tzinfo
+    (``-04:00``, not ``America/New_York``): Python compares and subtracts two datetimes that
+    share a ZoneInfo by wall clock, which gets the hours around a DST change wrong."""
+    local = _utc(value).astimezone(zone)
+    offset = local.utcoffset()
+    assert offset is not None
+    return local.replace(tzinfo=timezone(offset))
 
 
 def _utc(value: datetime) -> datetime:

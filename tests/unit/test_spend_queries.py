@@ -15,6 +15,7 @@ from ledger.domain.budgets import BudgetSpec
 from ledger.store.queries import (
     GROUP_BY_NAMES,
     InvalidSpendQuery,
+    SpendFilters,
     budget_statuses,
     dead_letter_summary,
     spend_by,
@@ -375,3 +376,190 @@ def test_spend_groups_by_the_model_group_its_usage_events_name(tmp_path):
         assert groups_and_nanos(spend_by(connection, ["model_group"])) == [(("team-gpt",), 11), ((None,), 11)]
     finally:
         connection.close()
+
+
+# -- windows in a time zone, filters, tokens -------------------------------------------
+
+NEW_YORK = "America/New_York"
+EDT, EST = timezone(timedelta(hours=-4)), timezone(timedelta(hours=-5))
+FALL_BACK_DAY_START = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 2026-11-01T00:00-04:00
+
+
+@pytest.fixture
+def fall_back_day(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One charge of 1 nano at half past each hour of 2026-11-01 in New York (clocks fall
+    back at 02:00 EDT to 01:00 EST), plus 1,000 nanos a minute before that day and 1,000,000
+    nanos at the first instant of the next."""
+    instants = [FALL_BACK_DAY_START + timedelta(minutes=30) + timedelta(hours=n) for n in range(25)]
+    path = build_store(
+        tmp_path / "ledger.duckdb",
+        entries=[
+            entry(1_000, "user:u", occurred_at=FALL_BACK_DAY_START - timedelta(minutes=1)),
+            *(entry(1, "user:u", occurred_at=instant) for instant in instants),
+            entry(1_000_000, "user:u", occurred_at=datetime(2026, 11, 2, 0, 0, tzinfo=EST)),
+        ],
+    )
+    connection = open_store(path, read_only=True)
+    yield connection
+    connection.close()
+
+
+def windows(report) -> list[tuple[datetime | None, datetime | None, int]]:
+    return [(row.window_start, row.window_end, row.spend_nanos) for row in report.rows]
+
+
+def test_a_new_york_day_across_the_november_change_has_25_hourly_windows(fall_back_day):
+    day_end = datetime(2026, 11, 2, 0, 0, tzinfo=EST)
+    report = spend_by(fall_back_day, [], window="hour", time_zone=NEW_YORK, start=FALL_BACK_DAY_START, end=day_end)
+    assert len(report.rows) == 25
+    assert sum(row.spend_nanos for row in report.rows) == 25
+    starts = [row.window_start.isoformat() for row in report.rows]
+    assert starts[:4] == [
+        "2026-11-01T00:00:00-04:00",
+        "2026-11-01T01:00:00-04:00",
+        "2026-11-01T01:00:00-05:00",  # the hour the change repeats is a window of its own
+        "2026-11-01T02:00:00-05:00",
+    ]
+    assert starts[-1] == "2026-11-01T23:00:00-05:00"
+    for row, following in zip(report.rows, report.rows[1:], strict=False):
+        assert row.window_end - row.window_start == timedelta(hours=1)
+        assert row.window_end == following.window_start
+    assert report.rows[-1].window_end == day_end
+    assert (report.window, report.time_zone) == ("hour", NEW_YORK)
+
+
+def test_the_fall_back_day_window_runs_from_midnight_edt_to_midnight_est_and_holds_25_hours(fall_back_day):
+    report = spend_by(fall_back_day, [], window="day", time_zone=NEW_YORK)
+    assert windows(report) == [
+        (datetime(2026, 10, 31, 0, 0, tzinfo=EDT), datetime(2026, 11, 1, 0, 0, tzinfo=EDT), 1_000),
+        (datetime(2026, 11, 1, 0, 0, tzinfo=EDT), datetime(2026, 11, 2, 0, 0, tzinfo=EST), 25),
+        (datetime(2026, 11, 2, 0, 0, tzinfo=EST), datetime(2026, 11, 3, 0, 0, tzinfo=EST), 1_000_000),
+    ]
+    day = report.rows[1]
+    assert (day.window_start.isoformat(), day.window_end.isoformat()) == (
+        "2026-11-01T00:00:00-04:00",
+        "2026-11-02T00:00:00-05:00",
+    )
+    assert day.window_end - day.window_start == timedelta(hours=25)
+    assert day.entry_count == 25
+
+
+def test_week_windows_start_at_monday_midnight_and_month_windows_at_the_first_in_the_zone(fall_back_day):
+    assert windows(spend_by(fall_back_day, [], window="week", time_zone=NEW_YORK)) == [
+        (datetime(2026, 10, 26, 0, 0, tzinfo=EDT), datetime(2026, 11, 2, 0, 0, tzinfo=EST), 1_025),
+        (datetime(2026, 11, 2, 0, 0, tzinfo=EST), datetime(2026, 11, 9, 0, 0, tzinfo=EST), 1_000_000),
+    ]
+    assert windows(spend_by(fall_back_day, [], window="month", time_zone=NEW_YORK)) == [
+        (datetime(2026, 10, 1, 0, 0, tzinfo=EDT), datetime(2026, 11, 1, 0, 0, tzinfo=EDT), 1_000),
+        (datetime(2026, 11, 1, 0, 0, tzinfo=EDT), datetime(2026, 12, 1, 0, 0, tzinfo=EST), 1_000_025),
+    ]
+
+
+def test_the_same_entries_in_utc_windows_split_at_utc_midnight(fall_back_day):
+    report = spend_by(fall_back_day, [], window="day")
+    assert windows(report) == [
+        (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC), 1_000 + 20),  # 03:59Z, 04:30Z..23:30Z
+        (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC), 5 + 1_000_000),
+    ]
+    assert report.time_zone == "UTC"
+
+
+def test_window_starts_are_given_in_the_zone_and_a_spring_forward_day_holds_23_hours(tmp_path):
+    path = build_store(
+        tmp_path / "ledger.duckdb", entries=[entry(7, "user:u", occurred_at=datetime(2026, 3, 8, 12, tzinfo=UTC))]
+    )
+    with open_store(path, read_only=True) as connection:
+        (day,) = spend_by(connection, [], window="day", time_zone=NEW_YORK).rows
+    assert day.window_start.isoformat() == "2026-03-08T00:00:00-05:00"
+    assert day.window_end.isoformat() == "2026-03-09T00:00:00-04:00"
+    assert day.window_end - day.window_start == timedelta(hours=23)
+
+
+def test_hour_windows_follow_a_half_hour_zone(tmp_path):
+    path = build_store(
+        tmp_path / "ledger.duckdb", entries=[entry(7, "user:u", occurred_at=datetime(2026, 5, 1, 10, 10, tzinfo=UTC))]
+    )
+    with open_store(path, read_only=True) as connection:
+        (hour,) = spend_by(connection, [], window="hour", time_zone="Asia/Kolkata").rows
+    assert (hour.window_start.isoformat(), hour.window_end.isoformat()) == (
+        "2026-05-01T15:00:00+05:30",
+        "2026-05-01T16:00:00+05:30",
+    )
+
+
+def test_time_groups_follow_the_zone_too_and_windows_come_before_the_groups(fall_back_day):
+    assert groups_and_nanos(spend_by(fall_back_day, ["day"], time_zone=NEW_YORK)) == [
+        ((datetime(2026, 10, 31, tzinfo=EDT),), 1_000),
+        ((datetime(2026, 11, 1, tzinfo=EDT),), 25),
+        ((datetime(2026, 11, 2, tzinfo=EST),), 1_000_000),
+    ]
+    (first, *_) = spend_by(fall_back_day, ["user"], window="month", time_zone=NEW_YORK).rows
+    assert (first.window_start, first.groups, first.spend_nanos) == (
+        datetime(2026, 10, 1, tzinfo=EDT),
+        {"user": "u"},
+        1_000,
+    )
+
+
+def test_filters_keep_any_value_of_one_dimension_and_every_dimension_given(store):
+    def total(**given: tuple[str, ...]) -> int:
+        (row,) = spend_by(store, [], filters=SpendFilters(**given)).rows
+        return row.spend_nanos
+
+    assert total(user=("bob", "carol")) == 43
+    assert total(team=("ml",), model=("gpt-4o",)) == 1_000_000_000  # the adjustment of -1 is on gpt-4o
+    assert total(tag=("prod",), user=("bob",)) == 3
+    assert total(key=("sk:a1",)) == 1_000_000_001
+    assert total(end_user=("cust-7",), team=("ml",)) == 0
+    assert total(model=("claude-sonnet-4", "gpt-4o-mini")) == 250_000_040
+    assert total(team=("x') OR true --",)) == 0  # a bound value, never SQL
+    grouped = spend_by(store, ["team"], filters=SpendFilters(tag=("prod",)), scope_key="user:alice")
+    assert groups_and_nanos(grouped) == [(("ml",), 1_000_000_001)]
+
+
+def test_every_row_counts_cache_and_reasoning_tokens_of_charges_only(tmp_path):
+    charges = [entry(5, "team:ml", prompt=1_000, completion=300), entry(7, "team:web", prompt=50, completion=5)]
+    adjustment = {**entry(-1, "team:ml", kind="adjustment"), "event_id": charges[0]["event_id"]}
+    path = build_store(tmp_path / "ledger.duckdb", entries=[*charges, adjustment])
+    usages = [
+        {"prompt_tokens": 1_000, "completion_tokens": 300, "cache_read_tokens": 600, "cache_write_tokens": 100,
+         "reasoning_tokens": 200},
+        {"prompt_tokens": 50, "completion_tokens": 5},
+    ]  # fmt: skip
+    events = [
+        {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": charge["model"], "usage": usage}
+        for charge, usage in zip(charges, usages, strict=True)
+    ]
+    rows = StoreRows()
+    rows.tables["usage_events"].extend(
+        usage_rows(orjson.dumps({"batch_id": "b", "events": events}), 0, 1, lambda text: 0)
+    )
+    connection = open_store(path)
+    try:
+        append(connection, rows, {})
+        ml, web = spend_by(connection, ["team"], window="day").rows
+    finally:
+        connection.close()
+    assert (ml.groups, ml.spend_nanos, ml.entry_count) == ({"team": "ml"}, 4, 2)
+    tokens = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+    assert [getattr(ml, name) for name in tokens] == [1_000, 300, 600, 100, 200]
+    assert [getattr(web, name) for name in tokens] == [50, 5, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"window": "fortnight"}, "unknown window 'fortnight'; expected one of: hour, day, week, month"),
+        ({"time_zone": "Mars/Olympus_Mons"}, "unknown time zone 'Mars/Olympus_Mons'; give an IANA name"),
+        ({"time_zone": "../../etc/passwd"}, "unknown time zone '../../etc/passwd'"),
+        ({"time_zone": ""}, "unknown time zone ''"),
+        (
+            {"filters": SpendFilters(team=tuple(f"t{n}" for n in range(101)))},
+            "'team' takes at most 100 values, got 101",
+        ),
+        ({"filters": SpendFilters(model=("",))}, "'model' values must not be empty"),
+    ],
+)
+def test_bad_windows_zones_and_filters_are_refused_naming_them(store, arguments, message):
+    with pytest.raises(InvalidSpendQuery, match=re.escape(message)):
+        spend_by(store, **{"group_by": ["user"], "window": "day", **arguments})
