@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import duckdb
 from fastapi import APIRouter, Body, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from ledger.api.deps import ADMIN, ApiError, Services, now
 from ledger.api.schemas import ReplayRequest, usd
@@ -28,12 +28,19 @@ from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.compare import compare_states
 from ledger.replay.service import StoreBehind, apply_replay, current_book, default_as_of, replay_store, store_lag
 from ledger.store.queries import (
+    DEFAULT_TIME_ZONE,
+    FILTER_VALUES_MAX,
     GROUP_BY_NAMES,
+    TIME_ZONE_CHARS_MAX,
+    WINDOWS,
     InvalidSpendQuery,
+    SpendFilters,
+    Window,
     dead_letter_summary,
     recent_alerts,
     recent_dead_letters,
     spend_by,
+    time_zone_named,
 )
 
 router = APIRouter(dependencies=[ADMIN])
@@ -64,15 +71,22 @@ async def _read(api: ApiServices, query: Any, *args: Any, **kwargs: Any) -> Any:
 
 class SpendRowView(BaseModel):
     groups: dict[str, str | datetime | None]
+    window_start: datetime | None = None
+    window_end: datetime | None = None
     spend: float
     spend_nanos: int
     entry_count: int
     prompt_tokens: int
     completion_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
 
 
 class SpendView(BaseModel):
     group_by: list[str]
+    window: Window | None = None
+    tz: str = DEFAULT_TIME_ZONE
     start: datetime | None
     end: datetime | None
     rows: list[SpendRowView]
@@ -81,34 +95,94 @@ class SpendView(BaseModel):
     total_spend_nanos: int
 
 
-@router.get("/v1/spend", response_model=SpendView, tags=["spend"], summary="Spend, grouped")
+def _known_time_zone(name: str) -> str:
+    time_zone_named(name)  # an InvalidSpendQuery (a ValueError) is a field error naming it
+    return name
+
+
+TimeZoneName = Annotated[
+    str,
+    Query(
+        max_length=TIME_ZONE_CHARS_MAX,
+        description="IANA time zone of the windows and time groups, e.g. America/New_York",
+    ),
+    AfterValidator(_known_time_zone),
+]
+
+
+def _filter(dimension: str) -> Any:
+    return Query(
+        max_length=FILTER_VALUES_MAX,
+        description=f"only entries of this {dimension}; repeat for any of several",
+    )
+
+
+@router.get("/v1/spend", response_model=SpendView, tags=["spend"], summary="Spend, grouped and windowed")
 async def spend(
     api: Services,
     group_by: Annotated[
         list[str] | None, Query(description=f"one or more of {', '.join(GROUP_BY_NAMES)}; comma-separated or repeated")
     ] = None,
+    window: Annotated[
+        Window | None,
+        Query(description=f"one of {', '.join(WINDOWS)}: a row per window (ISO weeks start on Monday)"),
+    ] = None,
+    tz: TimeZoneName = DEFAULT_TIME_ZONE,
     start: Annotated[datetime | None, Query(alias="from", description="occurred at or after (ISO 8601)")] = None,
     end: Annotated[datetime | None, Query(alias="to", description="occurred before (ISO 8601)")] = None,
     scope: Annotated[str | None, Query(description="only entries charged to this scope key")] = None,
+    team: Annotated[list[str] | None, _filter("team id")] = None,
+    user: Annotated[list[str] | None, _filter("user id")] = None,
+    key: Annotated[list[str] | None, _filter("key id")] = None,
+    end_user: Annotated[list[str] | None, _filter("end user id")] = None,
+    tag: Annotated[list[str] | None, _filter("tag")] = None,
+    model: Annotated[list[str] | None, _filter("model")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
 ) -> SpendView:
-    """Spend from the store, grouped by scope kinds, model and UTC time buckets."""
+    """Spend from the store, grouped by scope kinds, model and time buckets, per window, with
+    tokens beside cost. Windows and time buckets start at local boundaries in ``tz``."""
     names = [name.strip() for item in (group_by or []) for name in item.split(",") if name.strip()]
-    report = await _read(api, spend_by, names, start=_time(start), end=_time(end), scope_key=scope, limit=limit)
+    filters = SpendFilters(
+        team=tuple(team or ()),
+        user=tuple(user or ()),
+        key=tuple(key or ()),
+        end_user=tuple(end_user or ()),
+        tag=tuple(tag or ()),
+        model=tuple(model or ()),
+    )
+    report = await _read(
+        api,
+        spend_by,
+        names,
+        start=_time(start),
+        end=_time(end),
+        scope_key=scope,
+        filters=filters,
+        window=window,
+        time_zone=tz,
+        limit=limit,
+    )
     rows = [
         SpendRowView(
             groups=row.groups,
+            window_start=row.window_start,
+            window_end=row.window_end,
             spend=usd(row.spend_nanos) or 0.0,
             spend_nanos=row.spend_nanos,
             entry_count=row.entry_count,
             prompt_tokens=row.prompt_tokens,
             completion_tokens=row.completion_tokens,
+            cache_read_tokens=row.cache_read_tokens,
+            cache_write_tokens=row.cache_write_tokens,
+            reasoning_tokens=row.reasoning_tokens,
         )
         for row in report.rows
     ]
     total = sum(row.spend_nanos for row in report.rows)
     return SpendView(
         group_by=list(report.group_by),
+        window=window,
+        tz=report.time_zone,
         start=report.start,
         end=report.end,
         rows=rows,
