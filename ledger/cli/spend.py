@@ -15,6 +15,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import typer
 from pydantic import ValidationError
@@ -27,13 +28,17 @@ from ledger.cli.server_only import server_command
 from ledger.domain.money import format_usd
 from ledger.settings import load_settings
 from ledger.store.queries import (
+    DEFAULT_TIME_ZONE,
     GROUP_BY_NAMES,
     SPEND_ROWS_MAX,
     SPENDER_KINDS,
+    WINDOWS,
     InvalidSpendQuery,
+    SpendFilters,
     budget_statuses,
     dead_letter_summary,
     spend_by,
+    time_zone_named,
     top_spenders,
 )
 
@@ -54,6 +59,13 @@ FromOption = Annotated[
 ]
 ToOption = Annotated[str | None, typer.Option("--to", help="ISO 8601 time, exclusive (no zone: UTC)")]
 SPEND_COLUMNS = ("spend_nanos", "entry_count", "prompt_tokens", "completion_tokens")
+SPEND_BY_COLUMNS = (*SPEND_COLUMNS, "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def _filter_option(dimension: str, example: str) -> Any:
+    return typer.Option(
+        f"--{dimension.replace('_', '-')}", help=f"only this {dimension}, repeatable (any of), e.g. {example}"
+    )
 
 
 @spend_app.command("by")
@@ -62,26 +74,78 @@ def spend_by_command(
     group_by: Annotated[
         list[str] | None, typer.Option("--group-by", "-g", help=f"repeatable; one of: {', '.join(GROUP_BY_NAMES)}")
     ] = None,
-    start: FromOption = None,
-    end: ToOption = None,
+    window: Annotated[
+        str | None, typer.Option(help=f"a row per window: {', '.join(WINDOWS)} (weeks start on Monday)")
+    ] = None,
+    tz: Annotated[
+        str, typer.Option("--tz", help="IANA time zone of windows, time groups and zone-less --from/--to")
+    ] = DEFAULT_TIME_ZONE,
+    start: Annotated[
+        str | None, typer.Option("--from", help="ISO 8601 time, inclusive (no zone: --tz), e.g. 2025-11-03T09:00Z")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="ISO 8601 time, exclusive (no zone: --tz)")] = None,
     scope: Annotated[str | None, typer.Option(help="only entries charged to this scope key, e.g. team:ml")] = None,
+    team: Annotated[list[str] | None, _filter_option("team", "ml")] = None,
+    user: Annotated[list[str] | None, _filter_option("user", "alice")] = None,
+    key: Annotated[list[str] | None, _filter_option("key", "sk-1")] = None,
+    end_user: Annotated[list[str] | None, _filter_option("end_user", "cust-7")] = None,
+    tag: Annotated[list[str] | None, _filter_option("tag", "prod")] = None,
+    model: Annotated[list[str] | None, _filter_option("model", "gpt-4o")] = None,
     limit: Annotated[int, typer.Option(help=f"at most this many rows (1..{SPEND_ROWS_MAX})")] = SPEND_ROWS_MAX,
     as_json: JsonFlag = False,
     as_csv: CsvFlag = False,
 ) -> None:
-    """Spend grouped by scope kinds, model and UTC time buckets (no --group-by: the total)."""
-    names, since, until = group_by or [], parse_moment(start, "--from"), parse_moment(end, "--to")
-    report = _query(
-        lambda connection: spend_by(connection, names, start=since, end=until, scope_key=scope, limit=limit)
+    """Spend grouped by scope kinds, model and time buckets, per window (no --group-by and no
+    --window: the total), with tokens beside cost; windows start at local boundaries in --tz."""
+    try:
+        zone = time_zone_named(tz)
+    except InvalidSpendQuery as exc:
+        raise fail(str(exc)) from exc
+    names = group_by or []
+    since, until = _moment_in(start, "--from", zone), _moment_in(end, "--to", zone)
+    filters = SpendFilters(
+        team=tuple(team or ()),
+        user=tuple(user or ()),
+        key=tuple(key or ()),
+        end_user=tuple(end_user or ()),
+        tag=tuple(tag or ()),
+        model=tuple(model or ()),
     )
+    report = _query(
+        lambda connection: spend_by(
+            connection,
+            names,
+            start=since,
+            end=until,
+            scope_key=scope,
+            filters=filters,
+            window=window,
+            time_zone=tz,
+            limit=limit,
+        )
+    )
+    windowed = ["window_start", "window_end"] if window is not None else []
     rows = [
-        [*row.groups.values(), row.spend_nanos, row.entry_count, row.prompt_tokens, row.completion_tokens]
+        [
+            *([row.window_start, row.window_end] if window is not None else []),
+            *row.groups.values(),
+            *(getattr(row, column) for column in SPEND_BY_COLUMNS),
+        ]
         for row in report.rows
     ]
-    title = f"Spend by {', '.join(report.group_by) or 'total'}{_range_text(since, until)}"
-    _emit(title, [*report.group_by, *SPEND_COLUMNS], rows, as_json=as_json, as_csv=as_csv)
+    heading = ", ".join([*([f"{window} in {tz}"] if window is not None else []), *report.group_by]) or "total"
+    title = f"Spend by {heading}{_range_text(since, until)}"
+    _emit(title, [*windowed, *report.group_by, *SPEND_BY_COLUMNS], rows, as_json=as_json, as_csv=as_csv)
     if report.truncated:
         _note(f"only the first {limit} rows are shown; narrow the range or raise --limit")
+
+
+def _moment_in(text: str | None, option: str, zone: ZoneInfo) -> datetime | None:
+    """``parse_moment``, but a time given without a zone is read in ``zone`` (``--tz``)."""
+    moment = parse_moment(text, option)
+    if text is None or moment is None or datetime.fromisoformat(text).tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=zone)
 
 
 @spend_app.command("top")

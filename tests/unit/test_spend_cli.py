@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -49,6 +50,9 @@ def test_spend_by_team_and_model_as_json_gives_nanos_and_exact_usd(store):
             "entry_count": 1,
             "prompt_tokens": 100,
             "completion_tokens": 10,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
         },
         {
             "team": "ml",
@@ -58,6 +62,9 @@ def test_spend_by_team_and_model_as_json_gives_nanos_and_exact_usd(store):
             "entry_count": 1,
             "prompt_tokens": 100,
             "completion_tokens": 10,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
         },
         {
             "team": "web",
@@ -67,6 +74,9 @@ def test_spend_by_team_and_model_as_json_gives_nanos_and_exact_usd(store):
             "entry_count": 1,
             "prompt_tokens": 100,
             "completion_tokens": 10,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
         },
     ]
 
@@ -76,8 +86,11 @@ def test_spend_by_hour_over_a_range_as_csv_reads_times_as_utc(store):
     result = runner.invoke(app, args, env=store)
     assert result.exit_code == 0, result.output
     assert list(csv.reader(io.StringIO(result.stdout))) == [
-        ["hour", "spend_nanos", "spend_usd", "entry_count", "prompt_tokens", "completion_tokens"],
-        ["2025-11-03T10:00:00+00:00", "250000000", "0.25", "1", "100", "10"],
+        [
+            *("hour", "spend_nanos", "spend_usd", "entry_count", "prompt_tokens", "completion_tokens"),
+            *("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"),
+        ],
+        ["2025-11-03T10:00:00+00:00", "250000000", "0.25", "1", "100", "10", "0", "0", "0"],
     ]
 
 
@@ -115,6 +128,8 @@ def test_spend_budgets_and_dead_letters_as_json(store):
         (["spend", "by", "--from", "2025-11-04", "--to", "2025-11-03"], "'from' (2025-11-04T00:00:00+00:00) must be"),
         (["spend", "top", "--kind", "global"], "unknown scope kind 'global'; expected one of: user, team"),
         (["spend", "dead-letters", "--json", "--csv"], "choose one of --json and --csv"),
+        (["spend", "by", "--window", "fortnight"], "unknown window 'fortnight'; expected one of: hour, day, week"),
+        (["spend", "by", "--window", "day", "--tz", "Mars/Olympus_Mons"], "unknown time zone 'Mars/Olympus_Mons'"),
     ],
 )
 def test_spend_errors_exit_2_with_what_to_fix(store, args, message):
@@ -171,3 +186,52 @@ def test_spend_by_model_group_names_the_group_its_usage_events_asked_for(tmp_pat
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)
     assert (row["model_group"], row["model"], row["spend_nanos"]) == ("team-gpt", "gpt-4o", 7)
+
+
+def test_spend_by_day_windows_in_new_york_across_the_fall_back_change(tmp_path):
+    day_start = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT
+    path = build_store(
+        tmp_path / "ledger.duckdb",
+        entries=[entry(1, "team:ml", occurred_at=day_start + timedelta(minutes=30, hours=n)) for n in range(25)]
+        + [entry(5, "team:web", occurred_at=day_start)],
+    )
+    args = ["spend", "by", "--window", "day", "--tz", "America/New_York", "--team", "ml", "--json"]
+    result = runner.invoke(app, args, env={"SPEND_LEDGER_DUCKDB_PATH": str(path)})
+    assert result.exit_code == 0, result.output
+    (day,) = json.loads(result.stdout)
+    assert (day["window_start"], day["window_end"]) == ("2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00")
+    assert (day["spend_nanos"], day["entry_count"]) == (25, 25)
+    hourly = ["spend", "by", "--window", "hour", "--tz", "America/New_York", "--from", "2026-11-01", "--to",
+              "2026-11-02", "--team", "ml", "--team", "web", "--csv"]  # fmt: skip
+    rows = list(
+        csv.DictReader(io.StringIO(runner.invoke(app, hourly, env={"SPEND_LEDGER_DUCKDB_PATH": str(path)}).stdout))
+    )
+    assert len(rows) == 25  # --from and --to without a zone are read in --tz
+    assert [row["window_start"] for row in rows[1:3]] == ["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00"]
+    assert (rows[0]["spend_nanos"], rows[0]["entry_count"]) == ("6", "2")
+
+
+def test_spend_by_filters_and_shows_cache_and_reasoning_tokens(tmp_path):
+    charge = entry(7, "team:ml", "user:ana", model="gpt-4o", occurred_at=at(9), prompt=1_000, completion=300)
+    path = build_store(tmp_path / "ledger.duckdb", entries=[charge, entry(9, "team:ml", "user:bo", occurred_at=at(9))])
+    usage = {"prompt_tokens": 1_000, "completion_tokens": 300, "cache_read_tokens": 600, "cache_write_tokens": 100,
+             "reasoning_tokens": 200}  # fmt: skip
+    event = {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": "gpt-4o", "usage": usage}
+    rows = StoreRows()
+    rows.tables["usage_events"].extend(usage_rows(orjson.dumps({"batch_id": "b", "events": [event]}), 0, 1, len))
+    connection = open_store(path)
+    try:
+        append(connection, rows, {})
+    finally:
+        connection.close()
+    args = ["spend", "by", "-g", "user", "--user", "ana", "--model", "gpt-4o", "--json"]
+    result = runner.invoke(app, args, env={"SPEND_LEDGER_DUCKDB_PATH": str(path)})
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert (row["user"], row["spend_nanos"], row["cache_read_tokens"], row["cache_write_tokens"]) == (
+        "ana",
+        7,
+        600,
+        100,
+    )
+    assert row["reasoning_tokens"] == 200
