@@ -62,7 +62,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     data_dir: Path = Path("data")
-    duckdb_path: Path = Path("data/ledger.duckdb")
+    # The store is a DuckLake (ledger.store.location): its catalog in PostgreSQL (unset: the
+    # embedded server on <store_path>/catalog), its Parquet files under store_data_path
+    # (unset: <store_path>/data/; an s3:// prefix in production).
+    store_path: Path = Path("data/store")
+    store_catalog: SecretStr | None = Field(default=None, min_length=1, max_length=2_000)
+    store_data_path: str | None = Field(default=None, min_length=1, max_length=2_000)
 
     # The api: admin routes need the master key; /v1/usage and /v1/check take the ingest
     # key too when one is set. Without a master key the api serves loopback only.

@@ -3,8 +3,8 @@
 It has no consumer group: it assigns itself every partition of its topics and keeps its
 positions in the store, committed in the same transaction as the rows they produced. A
 restart, or a SIGKILL at any point, continues exactly after the last committed batch:
-nothing is lost, and nothing is stored twice (the tables' keys drop what a replayed
-record would repeat). The api hosts it as the store's single writer; ``spend-ledger
+nothing is lost, and nothing is stored twice (the writer drops a row whose key its table
+holds). The api hosts it as the store's single writer; ``spend-ledger
 project`` runs it alone.
 
 A new log under the same topics (a restarted dev broker starts each at offset 0 again)
@@ -221,7 +221,7 @@ class Projector:
     def _append(self, rows: StoreRows, positions: Positions, messages: int) -> None:
         """Rows and positions in one transaction."""
         next_offsets, fingerprints = positions
-        append(self.connection, rows, next_offsets, fingerprints)
+        append(self.connection, rows, next_offsets, fingerprints, dedup_horizon_s=self.settings.dedup_horizon_s)
         self.stats.messages += messages
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():

@@ -1,21 +1,33 @@
-"""The store's tables and how to open it.
+"""The store's tables and how to open it (docs/decisions/0001-analytics-table-format.md).
 
-DuckDB admits one writing process (the api, which hosts the projector); every other
-reader opens the file read-only. Times are TIMESTAMPTZ in UTC, money BIGINT nanos.
+The store is a DuckLake: Parquet data files under ``StoreLocation.data_path`` and a
+catalog in PostgreSQL that says which files make each snapshot. One process writes (the
+api, which hosts the projector); any number of others read at the same time, each query
+at one snapshot: whole projector commits only. DuckDB loads the lake's extensions from
+their wheels' files, never from the network. Times are TIMESTAMPTZ in UTC, money BIGINT
+nanos.
+
+A DuckLake table has no primary key: each table's key (named in ``TABLE_KEYS``) is kept
+unique by the writer (``ledger.store.writer``), the only process that inserts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = 4  # 2: consumer_offsets.offset_base and last_record (telling a new log from the old)
-# 3: usage_events.occurred_at_source; 4: usage_events.model_group
+from ledger.settings import Settings
+from ledger.store.location import StoreLocation, store_location
+
+SCHEMA_VERSION = 5  # 5: the store is a DuckLake (a DuckDB file before)
+LAKE = "lake"  # the name the lake is attached under; every connection USEs it
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS store_meta (
-    name VARCHAR PRIMARY KEY,
+    name VARCHAR NOT NULL,
     value VARCHAR NOT NULL
 );
 -- The next offset to read per input partition on the broker's current log, written in the
@@ -27,9 +39,8 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     topic VARCHAR NOT NULL,
     kafka_partition INTEGER NOT NULL,
     next_offset BIGINT NOT NULL,
-    offset_base BIGINT NOT NULL DEFAULT 0,
-    last_record VARCHAR,
-    PRIMARY KEY (topic, kafka_partition)
+    offset_base BIGINT NOT NULL,
+    last_record VARCHAR
 );
 -- Every valid usage event, once per event_id (the first copy read wins), priced or not:
 -- its validated fields and the token counts it is priced by (message text is not kept),
@@ -40,7 +51,7 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
 -- model_group: the name the call asked for (a LiteLLM proxy model_name, often an alias of
 -- model, the priced model); NULL when the event named none.
 CREATE TABLE IF NOT EXISTS usage_events (
-    event_id VARCHAR PRIMARY KEY,
+    event_id VARCHAR NOT NULL,
     occurred_at TIMESTAMPTZ NOT NULL,
     model VARCHAR NOT NULL,
     provider VARCHAR,
@@ -66,7 +77,7 @@ CREATE TABLE IF NOT EXISTS usage_events (
     model_group VARCHAR
 );
 CREATE TABLE IF NOT EXISTS ledger_entries (
-    entry_id VARCHAR PRIMARY KEY,
+    entry_id VARCHAR NOT NULL,
     event_id VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,
     occurred_at TIMESTAMPTZ NOT NULL,
@@ -83,7 +94,7 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
     batch_id VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS budget_commands (
-    command_id VARCHAR PRIMARY KEY,
+    command_id VARCHAR NOT NULL,
     scope_key VARCHAR NOT NULL,
     action VARCHAR NOT NULL,
     issued_at TIMESTAMPTZ NOT NULL,
@@ -94,7 +105,7 @@ CREATE TABLE IF NOT EXISTS budget_commands (
     source_offset BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS budget_alerts (
-    alert_id VARCHAR PRIMARY KEY,
+    alert_id VARCHAR NOT NULL,
     scope_key VARCHAR NOT NULL,
     alias VARCHAR,
     limit_name VARCHAR NOT NULL,
@@ -113,7 +124,7 @@ CREATE TABLE IF NOT EXISTS budget_alerts (
 -- source_offset (here and in the other tables but dead_letters) is offset_base + the
 -- record's offset: it orders records read later after earlier ones, across logs.
 CREATE TABLE IF NOT EXISTS price_books (
-    version VARCHAR PRIMARY KEY,
+    version VARCHAR NOT NULL,
     book_id VARCHAR NOT NULL,
     source VARCHAR NOT NULL,
     book JSON NOT NULL,
@@ -122,7 +133,7 @@ CREATE TABLE IF NOT EXISTS price_books (
 -- What the worker refused; dead_letter_id is derived from the record, so a record the
 -- worker refused again after a restart is stored once.
 CREATE TABLE IF NOT EXISTS dead_letters (
-    dead_letter_id VARCHAR PRIMARY KEY,
+    dead_letter_id VARCHAR NOT NULL,
     source_topic VARCHAR NOT NULL,
     source_partition INTEGER,
     source_offset BIGINT,
@@ -148,13 +159,12 @@ CREATE TABLE IF NOT EXISTS admission_events (
     expires_at TIMESTAMPTZ,
     cost_nanos BIGINT,
     tokens BIGINT,
-    event JSON NOT NULL,
-    PRIMARY KEY (request_id, state)
+    event JSON NOT NULL
 );
 -- Model capacities, the priority reservation and key priorities, every record read; the
 -- last one per topic_key (by partition and offset) is in force.
 CREATE TABLE IF NOT EXISTS rate_limit_records (
-    record_id VARCHAR PRIMARY KEY,
+    record_id VARCHAR NOT NULL,
     topic_key VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,
     issued_at TIMESTAMPTZ NOT NULL,
@@ -163,16 +173,6 @@ CREATE TABLE IF NOT EXISTS rate_limit_records (
     source_offset BIGINT NOT NULL
 );
 """
-
-# Columns added since version 1, for a store file written before them. DuckDB refuses
-# ADD COLUMN IF NOT EXISTS for a NOT NULL column, hence the look-up first.
-_ADDED_COLUMNS = (
-    ("consumer_offsets", "offset_base", "BIGINT NOT NULL DEFAULT 0"),
-    ("consumer_offsets", "last_record", "VARCHAR"),
-    ("usage_events", "received_at", "TIMESTAMPTZ"),
-    ("usage_events", "occurred_at_source", "VARCHAR"),
-    ("usage_events", "model_group", "VARCHAR"),
-)
 
 STORE_TABLES = (
     "usage_events",
@@ -187,56 +187,145 @@ STORE_TABLES = (
 )
 
 
+# Each table's key: no two rows share it (first copy read wins).
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "usage_events": ("event_id",),
+    "ledger_entries": ("entry_id",),
+    "budget_commands": ("command_id",),
+    "budget_alerts": ("alert_id",),
+    "price_books": ("version",),
+    "dead_letters": ("dead_letter_id",),
+    "admission_events": ("request_id", "state"),
+    "rate_limit_records": ("record_id",),
+}
+_EXTENSIONS = (
+    ("duckdb_extension_ducklake", "ducklake"),
+    ("duckdb_extension_postgres_scanner", "postgres_scanner"),
+)
+
+
+# Extension files this process has loaded once with DuckDB's signature check (about 0.3 s
+# a connection for the two); later connections load them without it. Nothing else is ever
+# loaded: the api's and CLI's statements are ours, and ad-hoc SQL can load nothing.
+_verified_extensions: set[Path] = set()
+
+
 class StoreUnavailable(Exception):
-    """The store cannot be opened: missing, or held by its writer in another process."""
+    """The store cannot be opened: no catalog answers, or the lake was never written."""
 
 
-def open_store(path: Path, *, read_only: bool = False, sandboxed: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the store at ``path``; the writer creates the file and its tables if missing.
+def extension_file(module_name: str, extension: str) -> Path:
+    """The extension's file in its wheel, built for this duckdb version."""
+    try:
+        module = __import__(module_name)
+    except ImportError as exc:
+        raise StoreUnavailable(
+            f"the store needs the {module_name.replace('_', '-')} package: pip install 'spend-ledger[server]'"
+        ) from exc
+    path = Path(str(module.__file__)).parent / "extensions" / f"v{duckdb.__version__}" / f"{extension}.duckdb_extension"
+    if not path.exists():
+        raise StoreUnavailable(f"{path} is missing: {module_name} does not match duckdb {duckdb.__version__}")
+    return path
 
-    A read-only connection never creates anything. DuckDB locks the file for the process
-    that writes it, so while the api (or ``spend-ledger project``) runs, other processes
-    get ``StoreUnavailable`` naming the holder, and ask the api instead.
 
-    ``sandboxed`` (read-only only, for ad-hoc SQL) also turns off every file, network and
-    extension access and locks the configuration, so no statement can turn it back on.
+def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection with the lake at ``store`` attached and in use; the writer creates
+    the tables if missing.
+
+    A read-only connection never creates anything, and refuses a lake with no tables yet.
+    ``sandboxed`` (read-only only, for ad-hoc SQL) also turns off access to every file but
+    the lake's own, every network address and every extension, and locks the configuration,
+    so no statement can turn it back on.
     """
     if sandboxed and not read_only:
         raise ValueError("only a read-only store can be sandboxed")
-    if read_only and not path.exists():
-        raise StoreUnavailable(f"no ledger store at {path}: start the api (or `spend-ledger project`) first")
+    extensions = [extension_file(module_name, extension) for module_name, extension in _EXTENSIONS]
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_unsigned_extensions": _verified_extensions.issuperset(extensions),
+    }
+    connection = duckdb.connect(config=config)
     try:
-        if sandboxed:
-            connection = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
-        elif read_only:
-            connection = duckdb.connect(str(path), read_only=True)
+        for path in extensions:
+            connection.execute(f"LOAD '{path}'")
+        _verified_extensions.update(extensions)
+        if not read_only and "://" not in store.data_path:
+            Path(store.data_path).mkdir(parents=True, exist_ok=True)
+        options = f"DATA_PATH '{_quoted(store.data_path)}'" + (", READ_ONLY" if read_only else "")
+        try:
+            connection.execute(f"ATTACH 'ducklake:postgres:{_quoted(store.catalog)}' AS {LAKE} ({options})")
+        except duckdb.Error as exc:
+            if read_only and "creating a new DuckLake is explicitly disabled" in str(exc):
+                raise StoreUnavailable(
+                    f"nothing stored yet in {store}: start the api (or spend-ledger project) first"
+                ) from exc
+            raise StoreUnavailable(f"cannot open {store}: {exc}") from exc
+        connection.execute(f"USE {LAKE}")
+        connection.execute("SET TimeZone = 'UTC'")
+        if read_only:
+            connection.begin()  # one snapshot for the connection's life: its queries agree with each other
+            tables = {row[0] for row in connection.execute("SHOW TABLES").fetchall()}
+            if "consumer_offsets" not in tables:
+                raise StoreUnavailable(
+                    f"nothing stored yet in {store}: start the api (or `spend-ledger project`) first"
+                )
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            connection = duckdb.connect(str(path))
+            connection.begin()  # one catalog commit for every table (each its own: ~10x slower)
             connection.execute(TABLES_SQL)
-            _add_columns(connection)
-            connection.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-    except duckdb.IOException as exc:
-        if "lock" not in str(exc).lower():
-            raise
-        raise StoreUnavailable(
-            f"the ledger store {path} is open for writing by another process (the api or the projector); "
-            "ask the api instead (GET /v1/spend, /v1/alerts, /v1/dead-letters, POST /v1/replay), "
-            f"or stop that process first. DuckDB said: {exc}"
-        ) from exc
-    connection.execute("SET TimeZone = 'UTC'")
-    if sandboxed:  # last: a locked configuration refuses even the time zone above
-        connection.execute("SET lock_configuration = true")
+            stored = connection.execute("SELECT value FROM store_meta WHERE name = 'schema_version'").fetchall()
+            if stored != [(str(SCHEMA_VERSION),)]:
+                connection.execute("DELETE FROM store_meta WHERE name = 'schema_version'")
+                connection.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            connection.commit()
+            _set_inlining(connection)  # not in the transaction that made the tables: DuckLake refuses it
+        if sandboxed:
+            if "://" not in store.data_path:
+                connection.execute("SET allowed_directories = [?]", [store.data_path])
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")  # last: a locked one refuses even SET
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 
-def _add_columns(connection: duckdb.DuckDBPyConnection) -> None:
-    """Bring a store file written by an earlier version up to this schema (rows kept)."""
-    found = set(
-        connection.execute(
-            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
-        ).fetchall()
-    )
-    for table, column, definition in _ADDED_COLUMNS:
-        if (table, column) not in found:
-            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+# Rows of a data table go to Parquet files at once, never inlined in the catalog: readers
+# of the files alone see every row, and a table scans in insertion order (the replay's
+# positional joins rely on it: ledger.replay.sql). The two small tables rewritten on every
+# commit stay in the catalog until maintenance flushes them.
+_INLINED_TABLES = ("consumer_offsets", "store_meta")
+_INLINED_ROWS_MAX = 1_000
+
+
+def _set_inlining(connection: duckdb.DuckDBPyConnection) -> None:
+    set_ = {
+        (row[0], row[1])
+        for row in connection.execute(f"SELECT option_name, scope_entry FROM {LAKE}.options()").fetchall()
+    }
+    if ("data_inlining_row_limit", None) not in set_:
+        connection.execute(f"CALL {LAKE}.set_option('data_inlining_row_limit', 0)")
+    for table in _INLINED_TABLES:
+        if ("data_inlining_row_limit", f"main.{table}") not in set_:
+            connection.execute(
+                f"CALL {LAKE}.set_option('data_inlining_row_limit', {_INLINED_ROWS_MAX}, table_name => '{table}')"
+            )
+
+
+def _quoted(text: str) -> str:
+    """``text`` inside a SQL string literal."""
+    return text.replace("'", "''")
+
+
+@contextmanager
+def opened_store(
+    settings: Settings, *, read_only: bool = False, sandboxed: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``open_store`` on the store the settings name, its catalog reachable (an embedded
+    server started for the block is stopped after it), closed after the block."""
+    with store_location(settings) as store:
+        connection = open_store(store, read_only=read_only, sandboxed=sandboxed)
+        try:
+            yield connection
+        finally:
+            connection.close()

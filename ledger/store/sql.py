@@ -1,21 +1,22 @@
 """Ad-hoc SQL on the store, read-only with external access off (DESIGN section 7).
 
-DuckDB itself refuses what is not allowed: the file is opened read-only, with file,
-network and extension access disabled and the configuration locked (``open_store(...,
-sandboxed=True)``), so no statement can write, attach, install, load or read a file, or
-switch that back on. Here we only allow one statement, bound its rows and its time, and
-name what was refused.
+Two walls. Here: exactly one statement, and only a query (``SELECT`` in any of its forms,
+``DESCRIBE``, ``SHOW``, ``SUMMARIZE``, ``EXPLAIN``): a write, ``COPY``, ``ATTACH``,
+``SET``, ``CALL``, ``INSTALL``/``LOAD`` is refused before it runs. Beneath, DuckDB: the
+lake is attached read-only, with access to every file but the lake's own, every network
+address and every extension off and the configuration locked (``open_store(...,
+sandboxed=True)``), so a query cannot read a file either. Rows and time are bounded.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from ledger.store.location import StoreLocation
 from ledger.store.schema import open_store
 
 SQL_ROWS_DEFAULT = 10_000
@@ -52,26 +53,69 @@ class SqlResult:
     row_limit: int
 
 
+# The statement kinds that only read: SELECT covers DESCRIBE, SHOW, SUMMARIZE, PRAGMA
+# table_info, VALUES and FROM-first queries as DuckDB parses them.
+_QUERY_KINDS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+_REFUSED_KIND_NAMES = {
+    "INSERT": "writing",
+    "MERGE_INTO": "writing",
+    "UPDATE": "writing",
+    "DELETE": "writing",
+    "CREATE": "creating objects",
+    "DROP": "dropping objects",
+    "ALTER": "altering objects",
+    "COPY": "COPY (reading or writing files)",
+    "EXPORT": "exporting the database",
+    "ATTACH": "attaching databases",
+    "DETACH": "detaching databases",
+    "SET": "changing settings (SET, USE)",
+    "LOAD": "installing or loading extensions",
+    "CALL": "calling procedures (CALL, CHECKPOINT)",
+    "PRAGMA": "PRAGMA",
+    "VACUUM": "maintenance (VACUUM, ANALYZE)",
+    "TRANSACTION": "transaction control",
+}
+
+
 def run_readonly_sql(
-    path: Path, statement: str, row_limit: int = SQL_ROWS_DEFAULT, *, timeout_s: float = SQL_TIMEOUT_S_DEFAULT
+    store: StoreLocation, statement: str, row_limit: int = SQL_ROWS_DEFAULT, *, timeout_s: float = SQL_TIMEOUT_S_DEFAULT
 ) -> SqlResult:
-    """Run one statement on the store at ``path`` in the read-only sandbox.
+    """Run one query on ``store`` in the read-only sandbox, at the lake's latest snapshot.
 
     Raises ``StatementNotAllowed``, ``InvalidStatement``, ``StatementTimedOut``, or
-    ``StoreUnavailable`` when the store is missing or held by its writer.
+    ``StoreUnavailable`` when the store cannot be opened.
     """
     if not 1 <= row_limit <= SQL_ROWS_MAX:
         raise ValueError(f"row_limit must be between 1 and {SQL_ROWS_MAX}, got {row_limit}")
     if not 0 < timeout_s <= SQL_TIMEOUT_S_MAX:
         raise ValueError(f"timeout_s must be above 0 and at most {SQL_TIMEOUT_S_MAX}, got {timeout_s}")
+    connection = open_store(store, read_only=True, sandboxed=True)
     try:
-        statements = duckdb.extract_statements(statement)
+        _check_one_query(connection, statement)
+        return _run(connection, statement, row_limit, timeout_s)
+    finally:
+        connection.close()
+
+
+def _check_one_query(connection: duckdb.DuckDBPyConnection, statement: str) -> None:
+    """Refuse anything but exactly one query. Parsed in the sandbox: DuckDB's parser reads
+    files for some statements (IMPORT DATABASE), and there it cannot."""
+    try:
+        statements = connection.extract_statements(statement)
+    except duckdb.PermissionException as exc:
+        raise _refusal(exc) from exc
     except duckdb.Error as exc:
         raise InvalidStatement(f"DuckDB could not parse the statement: {exc}") from exc
     if len(statements) != 1:
         raise StatementNotAllowed(f"exactly one SQL statement is allowed, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in _QUERY_KINDS:
+        what = _REFUSED_KIND_NAMES.get(kind.name, f"a {kind.name} statement")
+        raise StatementNotAllowed(f"{what} is not allowed: only a query (SELECT, DESCRIBE, SHOW, EXPLAIN) runs here")
 
-    connection = open_store(path, read_only=True, sandboxed=True)
+
+def _run(connection: duckdb.DuckDBPyConnection, statement: str, row_limit: int, timeout_s: float) -> SqlResult:
+    """Run the query, interrupted after ``timeout_s``; up to ``row_limit`` rows."""
     timer = threading.Timer(timeout_s, connection.interrupt)
     timer.start()
     try:
@@ -85,7 +129,6 @@ def run_readonly_sql(
     finally:
         timer.cancel()
         timer.join()  # an interrupt already under way must not meet a closed connection
-        connection.close()
     return SqlResult(
         columns=tuple(str(column[0]) for column in description),
         column_types=tuple(str(column[1]) for column in description),

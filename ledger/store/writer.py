@@ -1,20 +1,29 @@
-"""Appending rows to the store: every table and the consumer offsets in one transaction.
+"""Appending rows to the store: every table and the consumer offsets in one transaction
+(one lake snapshot), so a reader sees a batch whole or not at all.
 
-Rows go in as Arrow tables (one insert per table per batch, never row by row). A key
-seen before is ignored (``INSERT OR IGNORE`` on each table's primary key), so input read
-again after a crash adds nothing; with the offsets committed alongside, it is not even
-read again unless the crash came before the commit.
+Rows go in as Arrow tables (one insert per table per batch, never row by row). A lake
+table has no primary key, so the writer keeps each table's key (``TABLE_KEYS``) unique:
+within a batch the first copy wins, and a row whose key the table holds already is
+dropped. The look-up reads only the files that can hold a copy (``_DEDUP_WINDOWS``): a
+copy of a record carries the record's own time (the same ledger entry, alert, admission
+or command sent again), except a usage event sent again by its client, which counts as a
+copy within the dedup horizon, as the worker's dedup has it. Input read again after a
+crash therefore adds nothing; with the offsets committed alongside, it is not even read
+again unless the crash came before the commit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ledger.store.records import TABLE_COLUMNS, StoreRows
+from ledger.store.schema import TABLE_KEYS
 
 _UTC = pa.timestamp("us", tz="UTC")
 _TEXTS = pa.list_(pa.string())
@@ -141,17 +150,33 @@ _ENTRY_JSON = (
     ' "scope_keys": ["VARCHAR"], "cost_nanos": "BIGINT", "cost_source": "VARCHAR", "price_book_version": "VARCHAR",'
     ' "usage": {"prompt_tokens": "BIGINT", "completion_tokens": "BIGINT"}, "tokens_estimated": "BOOLEAN"}]}'
 )
-_INSERT_ENTRIES = f"""
-INSERT OR IGNORE INTO ledger_entries
-SELECT e.entry_id, coalesce(e.event_id, e.entry_id), coalesce(e.kind, 'charge'), TRY_CAST(e.occurred_at AS TIMESTAMPTZ),
-       e.model, e.provider, e.priced_as, e.scope_keys, e.cost_nanos, coalesce(e.cost_source, 'price_book'),
-       e.price_book_version, coalesce(e.usage.prompt_tokens, 0), coalesce(e.usage.completion_tokens, 0),
-       coalesce(e.tokens_estimated, false), coalesce(batch_id, '')
-FROM (SELECT unnest(parsed.entries) AS e, parsed.batch_id AS batch_id
-      FROM (SELECT from_json(batch, '{_ENTRY_JSON}') AS parsed FROM incoming))
+# First copy wins within the batch (by message, then by place in it): the rows to insert.
+_ENTRY_ROWS = f"""
+SELECT e.entry_id AS entry_id, coalesce(e.event_id, e.entry_id) AS event_id, coalesce(e.kind, 'charge') AS kind,
+       TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at, e.model AS model, e.provider AS provider,
+       e.priced_as AS priced_as, e.scope_keys AS scope_keys, e.cost_nanos AS cost_nanos,
+       coalesce(e.cost_source, 'price_book') AS cost_source, e.price_book_version AS price_book_version,
+       coalesce(e.usage.prompt_tokens, 0) AS prompt_tokens, coalesce(e.usage.completion_tokens, 0) AS completion_tokens,
+       coalesce(e.tokens_estimated, false) AS tokens_estimated, coalesce(batch_id, '') AS batch_id
+FROM (SELECT unnest(parsed.entries) AS e, generate_subscripts(parsed.entries, 1) AS place, parsed.batch_id AS batch_id,
+             ordinal
+      FROM (SELECT from_json(batch, '{_ENTRY_JSON}') AS parsed, ordinal FROM incoming))
 WHERE e.entry_id IS NOT NULL AND TRY_CAST(e.occurred_at AS TIMESTAMPTZ) IS NOT NULL AND e.model IS NOT NULL
   AND e.scope_keys IS NOT NULL AND e.cost_nanos IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY e.entry_id ORDER BY ordinal, place) = 1
 """
+
+# Where a copy of a row can be, by table: rows whose time column is within the batch's
+# own times ("same": a copy carries the record's time), or within the dedup horizon
+# before them ("horizon"). Not named: the whole table (small tables).
+_DEDUP_WINDOWS: dict[str, tuple[str, Literal["same", "horizon"]]] = {
+    "usage_events": ("received_at", "horizon"),
+    "ledger_entries": ("occurred_at", "same"),
+    "budget_commands": ("issued_at", "same"),
+    "budget_alerts": ("occurred_at", "same"),
+    "admission_events": ("event_at", "same"),
+}
+DEDUP_HORIZON_S_DEFAULT = 7 * 86_400
 
 
 def arrow_table(table: str, rows: list[tuple[Any, ...]]) -> pa.Table:
@@ -187,11 +212,14 @@ def stored_offsets(connection: duckdb.DuckDBPyConnection) -> dict[tuple[str, int
 
 
 # The offset base is the new-log check's to move (ledger.store.positions), never an append's.
-_UPSERT_OFFSETS = """
-INSERT INTO consumer_offsets (topic, kafka_partition, next_offset, last_record)
-SELECT topic, kafka_partition, next_offset, last_record FROM offsets
-ON CONFLICT (topic, kafka_partition)
-DO UPDATE SET next_offset = excluded.next_offset, last_record = excluded.last_record
+_UPDATE_OFFSETS = """
+UPDATE consumer_offsets SET next_offset = offsets.next_offset, last_record = offsets.last_record
+FROM offsets WHERE consumer_offsets.topic = offsets.topic AND consumer_offsets.kafka_partition = offsets.kafka_partition
+"""
+_INSERT_NEW_OFFSETS = """
+INSERT INTO consumer_offsets
+SELECT topic, kafka_partition, next_offset, 0, last_record FROM offsets
+ANTI JOIN consumer_offsets USING (topic, kafka_partition)
 """
 
 
@@ -200,21 +228,27 @@ def append(
     rows: StoreRows,
     next_offsets: dict[tuple[str, int], int],
     last_records: dict[tuple[str, int], str] | None = None,
+    *,
+    dedup_horizon_s: int = DEDUP_HORIZON_S_DEFAULT,
 ) -> None:
-    """Insert ``rows`` and move the offsets (with the fingerprint of each partition's last
-    record read, where given), all or nothing."""
+    """Insert ``rows`` (each key once) and move the offsets (with the fingerprint of each
+    partition's last record read, where given), all or nothing."""
     connection.begin()
     try:
         for table, table_rows in rows.tables.items():
-            if not table_rows:
-                continue
-            connection.register("incoming", arrow_table(table, table_rows))
-            connection.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM incoming")
-            connection.unregister("incoming")
+            if table_rows:
+                _insert_new(connection, table, arrow_table(table, _first_copies(table, table_rows)), dedup_horizon_s)
         if rows.entry_batches:
-            connection.register("incoming", pa.table({"batch": pa.array(rows.entry_batches, pa.string())}))
-            connection.execute(_INSERT_ENTRIES)
+            batches = pa.table(
+                {
+                    "batch": pa.array(rows.entry_batches, pa.string()),
+                    "ordinal": pa.array(range(len(rows.entry_batches)), pa.int64()),
+                }
+            )
+            connection.register("incoming", batches)
+            entries = connection.execute(_ENTRY_ROWS).to_arrow_table()
             connection.unregister("incoming")
+            _insert_new(connection, "ledger_entries", entries, dedup_horizon_s)
         if next_offsets:
             fingerprints = last_records or {}
             offsets = pa.table(
@@ -226,9 +260,51 @@ def append(
                 }
             )
             connection.register("offsets", offsets)
-            connection.execute(_UPSERT_OFFSETS)
+            connection.execute(_UPDATE_OFFSETS)
+            connection.execute(_INSERT_NEW_OFFSETS)
             connection.unregister("offsets")
         connection.commit()
     except BaseException:
         connection.rollback()
         raise
+
+
+def _first_copies(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` with each key once: its first copy."""
+    places = tuple(TABLE_COLUMNS[table].index(column) for column in TABLE_KEYS[table])
+    first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        first.setdefault(tuple(row[place] for place in places), row)
+    return list(first.values())
+
+
+def _insert_new(connection: duckdb.DuckDBPyConnection, table: str, incoming: pa.Table, dedup_horizon_s: int) -> None:
+    """Insert the rows of ``incoming`` (each key once) whose key ``table`` does not hold
+    within its dedup window."""
+    if incoming.num_rows == 0:
+        return
+    keys = TABLE_KEYS[table]
+    match = " AND ".join(f"stored.{key} = incoming.{key}" for key in keys)
+    window, parameters = _dedup_window(table, incoming, dedup_horizon_s)
+    connection.register("incoming", incoming)
+    connection.execute(
+        f"INSERT INTO {table} SELECT * FROM incoming "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS stored WHERE {match}{window})",
+        parameters,
+    )
+    connection.unregister("incoming")
+
+
+def _dedup_window(table: str, incoming: pa.Table, dedup_horizon_s: int) -> tuple[str, list[datetime]]:
+    """The filter (and its values) that keeps the look-up to the files a copy can be in.
+    The values are bound constants, so the lake skips files by their column bounds."""
+    if table not in _DEDUP_WINDOWS:
+        return "", []
+    column, kind = _DEDUP_WINDOWS[table]
+    times = pc.min_max(incoming.column(column)).as_py()
+    low, high = times["min"], times["max"]
+    if low is None:  # no time on any incoming row: nothing stored can be a copy in time
+        return " AND false", []
+    if kind == "horizon":
+        return f" AND stored.{column} >= ?", [low - timedelta(seconds=dedup_horizon_s)]
+    return f" AND stored.{column} BETWEEN ? AND ?", [low, high]
