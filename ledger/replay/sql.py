@@ -37,11 +37,11 @@ _RATE_COLUMNS = (
     "p.output_tiers, p.reasoning_tiers"
 )
 
-# The price of each event in nanos, one row per row of usage_events in the table's order
-# (checked after: the charges below read both side by side with a positional join, far
-# cheaper than a join on row ids). Tokens x rates in 1e-24 USD, one half-to-even division
-# (ledger.domain.pricing). Cache tokens without a cache rate bill as input, reasoning
-# tokens without a reasoning rate as output. Only events in [from, to) are repriced.
+# The price of each event in nanos, one row per row of usage_events, with the event's time
+# and the columns its scopes come from (the charges below read them here: a lake's scan
+# order is not its row order, so no positional join with the table). Tokens x rates in
+# 1e-24 USD, one half-to-even division (ledger.domain.pricing). Cache tokens without a
+# cache rate bill as input, reasoning tokens without a reasoning rate as output. Only events in [from, to) are repriced.
 COSTS = f"""
 CREATE OR REPLACE TEMP TABLE replay_costs AS
 WITH rated AS (
@@ -63,7 +63,8 @@ tokens AS (
     FROM rated
 ),
 units AS (
-    SELECT row_id, t_us, counted, has_usage, tokens_estimated, reported_cost_nanos, priced,
+    SELECT row_id, t_us, model, user_id, team_id, key_id, end_user, tags,
+           counted, has_usage, tokens_estimated, reported_cost_nanos, priced,
            {_part("input", "(prompt_tokens - cr - cw)")} + {_part("cache_read", "cr")}
            + {_part("cache_write", "cw")} + {_part("output", "(completion_tokens - rs)")}
            + {_part("reasoning", "rs")} + coalesce(request_units, CAST(0 AS HUGEINT)) AS cost_units
@@ -101,14 +102,13 @@ priced AS (
                               THEN 1 ELSE 0 END AS BIGINT) END AS cost_nanos
     FROM corrected
 )
-SELECT row_id,
+SELECT row_id, t_us, model, user_id, team_id, key_id, end_user, tags,
     CASE WHEN NOT counted THEN 'not_counted'
          WHEN ($from_us IS NULL OR t_us >= $from_us) AND ($to_us IS NULL OR t_us < $to_us) THEN status
          ELSE 'kept' END AS status,
     CASE WHEN counted AND ($from_us IS NULL OR t_us >= $from_us) AND ($to_us IS NULL OR t_us < $to_us)
          THEN cost_nanos END AS cost_nanos
 FROM priced
-ORDER BY row_id
 """
 
 # Events not priced anew (outside the range, or not priced by the book) keep what the
@@ -124,16 +124,11 @@ FROM (
 WHERE replay_costs.row_id = kept.row_id
 """
 
-ALIGNED = """
-SELECT count(*) FILTER (c.row_id IS DISTINCT FROM u.rowid) FROM usage_events u POSITIONAL JOIN replay_costs c
-"""
-
 CHARGED = """
 CREATE OR REPLACE TEMP VIEW replay_charged AS
-SELECT epoch_us(u.occurred_at) AS t_us, u.model, u.user_id, u.team_id, u.key_id, u.end_user, u.tags,
-       c.cost_nanos, '*' AS global_id
-FROM usage_events u POSITIONAL JOIN replay_costs c
-WHERE c.cost_nanos IS NOT NULL
+SELECT t_us, model, user_id, team_id, key_id, end_user, tags, cost_nanos, '*' AS global_id
+FROM replay_costs
+WHERE cost_nanos IS NOT NULL
 """
 
 TOTALS = f"""
