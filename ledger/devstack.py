@@ -28,6 +28,8 @@ import httpx
 
 from ledger.broker import broker_binary
 from ledger.processes import ChildProcess
+from ledger.store.catalog_server import CatalogServer, CatalogServerError
+from ledger.store.location import EMBEDDED_DATABASE
 
 HOST = "127.0.0.1"
 BROKER_READY_TIMEOUT_S = 15.0
@@ -67,8 +69,9 @@ class DevStackConfig:
     api_port: int
     broker_port: int
     data_dir: Path
-    duckdb_path: Path
+    store_path: Path
     master_key: str
+    embedded_catalog: bool = True  # False: SPEND_LEDGER_STORE_CATALOG names the catalog
 
     @property
     def api_url(self) -> str:
@@ -87,7 +90,7 @@ def child_environment(config: DevStackConfig) -> dict[str, str]:
         "SPEND_LEDGER_API_HOST": HOST,
         "SPEND_LEDGER_API_PORT": str(config.api_port),
         "SPEND_LEDGER_DATA_DIR": str(config.data_dir),
-        "SPEND_LEDGER_DUCKDB_PATH": str(config.duckdb_path),
+        "SPEND_LEDGER_STORE_PATH": str(config.store_path),
         "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
         "SPEND_LEDGER_KAFKA_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
         "SPEND_LEDGER_WORKER_SHUTDOWN_TIMEOUT_S": str(WORKER_SHUTDOWN_TIMEOUT_S),
@@ -206,6 +209,7 @@ class DevStack:
         self.stop_reason: str | None = None
         self._env = child_environment(config)
         self._children: list[_Child] = []  # in start order
+        self._catalog: CatalogServer | None = None
         self._last_readyz = ""
 
     def say(self, text: str) -> None:
@@ -225,6 +229,8 @@ class DevStack:
         started = time.monotonic()
         try:
             self.config.data_dir.mkdir(parents=True, exist_ok=True)
+            if self.config.embedded_catalog:
+                self._start_catalog()
             listener = f"tcp://{self.config.bootstrap_servers}"
             broker = self._launch(
                 "broker",
@@ -290,7 +296,26 @@ class DevStack:
             if running and code == -signal.SIGKILL:
                 self.say(f"the {child.name} did not stop within {bound_s:g} s of SIGTERM and was killed")
                 clean = False
+        if self._catalog is not None:
+            catalog, self._catalog = self._catalog, None
+            if catalog.started_here:
+                self.say("stopping the catalog")
+            catalog.stop()
         return clean
+
+    def _start_catalog(self) -> None:
+        """The store's embedded catalog server, started first (from this thread: it dies
+        with it) and stopped last; one already running (a reader started it) is used."""
+        catalog = CatalogServer(self.config.store_path.absolute() / "catalog")
+        try:
+            catalog.start()
+            catalog.ensure_database(EMBEDDED_DATABASE)
+        except CatalogServerError as exc:
+            catalog.stop()
+            raise DevStackError(f"the store's catalog: {exc}") from exc
+        self._catalog = catalog
+        if catalog.started_here:
+            self.say(f"started the catalog (PostgreSQL on {catalog.socket_dir}, log {catalog.log_path})")
 
     def _launch(self, name: str, process: ChildProcess) -> _Child:
         child = _Child(name, process, self.log)

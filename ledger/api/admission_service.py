@@ -38,6 +38,7 @@ from ledger.kafka import client_options, end_offsets, reached, records_behind
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.service import current_book
 from ledger.settings import Settings
+from ledger.store.location import data_path_of
 from ledger.store.writer import stored_offsets
 from ledger.topics import topic_names
 
@@ -59,8 +60,8 @@ Publish = Callable[[str, bytes, bytes], Awaitable[None]]
 
 
 def default_instance_id(settings: Settings) -> str:
-    """The host and a digest of the store's path: the same for a restarted api."""
-    digest = hashlib.sha256(str(settings.duckdb_path.resolve()).encode()).hexdigest()[:12]
+    """The host and a digest of where the store keeps its data: the same for a restarted api."""
+    digest = hashlib.sha256(data_path_of(settings).encode()).hexdigest()[:12]
     host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())[:100] or "host"
     return f"{host}-{digest}"
 

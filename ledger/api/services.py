@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,6 +23,7 @@ from ledger.domain.budgets import BudgetCommand
 from ledger.kafka import client_options, ensure_topics
 from ledger.publishing import usage_messages
 from ledger.settings import Settings
+from ledger.store.location import StoreLocation, store_location
 from ledger.store.positions import reconcile_log
 from ledger.store.projector import Projector, input_topics
 from ledger.store.schema import open_store
@@ -60,6 +62,8 @@ class ApiServices:
         self.budget_state = BudgetStateCache(settings)
         self.admission = AdmissionService(settings, self.budget_state, self.publish_record)
         self.store: duckdb.DuckDBPyConnection | None = None
+        self.location: StoreLocation | None = None
+        self._resources = ExitStack()
         self.projector: Projector | None = None
         self.events_accepted = 0
         self.started_at = time.time()
@@ -81,7 +85,9 @@ class ApiServices:
 
     async def start(self) -> None:
         await asyncio.wait_for(ensure_topics(self.settings), STARTUP_TIMEOUT_S)
-        self.store = open_store(self.settings.duckdb_path)
+        # The catalog first (an embedded one this api had to start stops with it).
+        self.location = self._resources.enter_context(store_location(self.settings))
+        self.store = open_store(self.location)
         # First onto the broker's current log (a restarted dev broker's is new): the
         # admission follower starts from the stored positions that load() reads.
         await asyncio.wait_for(reconcile_log(self.settings, self.store, input_topics(self.names)), STARTUP_TIMEOUT_S)
@@ -135,6 +141,7 @@ class ApiServices:
         if self.store is not None:
             self.store.close()
             self.store = None
+        self._resources.close()
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own onto the store, for one request (reads see committed rows)."""

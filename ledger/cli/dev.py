@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -46,10 +46,11 @@ def dev(
     ] = None,
     broker_port: Annotated[int, typer.Option(help="loopback port of the embedded broker (0: a free one)")] = 9092,
     data_dir: Annotated[
-        Path | None, typer.Option(help="folder of the DuckDB store (default SPEND_LEDGER_DATA_DIR, ./data)")
+        Path | None,
+        typer.Option(help="folder of the store and the worker state (default SPEND_LEDGER_DATA_DIR, ./data)"),
     ] = None,
 ) -> None:
-    """Run the embedded broker, a worker and the api on 127.0.0.1 until Ctrl-C; DuckDB under ./data."""
+    """Run the embedded broker, the catalog, a worker and the api on 127.0.0.1 until Ctrl-C; data under ./data."""
     from pydantic import ValidationError
 
     from ledger.broker import BrokerError, free_port
@@ -61,14 +62,15 @@ def dev(
     except ValidationError as exc:
         raise fail(f"invalid settings: {exc}") from exc
     store_dir = data_dir if data_dir is not None else settings.data_dir
-    duckdb_path = store_dir / settings.duckdb_path.name if data_dir is not None else settings.duckdb_path
+    store_path = store_dir / settings.store_path.name if data_dir is not None else settings.store_path
     master_key = settings.master_key.get_secret_value() if settings.master_key else generate_master_key()
     config = DevStackConfig(
         api_port=free_port(HOST) if api_port == 0 else (settings.api_port if api_port is None else api_port),
         broker_port=free_port(HOST) if broker_port == 0 else broker_port,
         data_dir=store_dir.absolute(),
-        duckdb_path=duckdb_path.absolute(),
+        store_path=store_path.absolute(),
         master_key=master_key,
+        embedded_catalog=settings.store_catalog is None,
     )
     try:
         check_ports(config)
@@ -117,7 +119,7 @@ def _stack_settings(settings: Settings, config: DevStackConfig) -> Settings:
         update={
             "kafka_bootstrap_servers": config.bootstrap_servers,
             "data_dir": config.data_dir,
-            "duckdb_path": config.duckdb_path,
+            "store_path": config.store_path,
         }
     )
     return copied
@@ -135,13 +137,15 @@ def _restore_if_log_lost(stack: DevStack, settings: Settings) -> Callable[[], No
     from ledger.devstack import DevStackError
     from ledger.restore.plan import store_has_history
     from ledger.restore.run import RestoreOutcome
-    from ledger.store.schema import StoreUnavailable, open_store
+    from ledger.store.location import data_path_of
+    from ledger.store.schema import StoreUnavailable, opened_store
 
-    if not settings.duckdb_path.exists():
+    if not (settings.store_path / "catalog" / "pgdata").exists() and settings.store_catalog is None:
         return None
     started = time.monotonic()
+    store = ExitStack()
     try:
-        connection = open_store(settings.duckdb_path, read_only=True)
+        connection = store.enter_context(opened_store(settings, read_only=True))
     except StoreUnavailable as exc:
         raise DevStackError(str(exc)) from exc
     progress = progress_bar(Console())
@@ -152,13 +156,13 @@ def _restore_if_log_lost(stack: DevStack, settings: Settings) -> Callable[[], No
         if held:
             stack.say(f"the broker already holds {held:,} records: live state is not restored from the store")
             return None
-        stack.say(f"the broker is empty and the store {settings.duckdb_path} is not: restoring live state from it")
+        stack.say(f"the broker is empty and the store at {data_path_of(settings)} is not: restoring live state from it")
         with progress:
             outcome = plan_and_publish(settings, connection, progress)
     except (duckdb.Error, KafkaError, OSError) as exc:
         raise DevStackError(f"restore: {type(exc).__name__}: {exc}") from exc
     finally:
-        connection.close()
+        store.close()
 
     def wait_for_it() -> None:
         try:
@@ -387,12 +391,12 @@ def summary(config: DevStackConfig, outcome: DemoOutcome | None) -> str:
 
     lines = [
         "",
-        f"spend-ledger dev is running on {HOST}; Ctrl-C stops the api, the worker and the broker.",
+        f"spend-ledger dev is running on {HOST}; Ctrl-C stops the api, the worker, the broker and the catalog.",
         f"  api         {config.api_url}",
         f"  docs        {config.api_url}/docs",
         f"  metrics     {config.api_url}/metrics",
         f"  broker      {config.bootstrap_servers} (in memory: its topics go when it stops)",
-        f"  store       {config.duckdb_path}",
+        f"  store       {config.store_path} (a DuckLake: Parquet under data/, catalog in PostgreSQL)",
         f"  master key  {config.master_key}",
     ]
     if outcome is not None:

@@ -4,6 +4,7 @@ state, and with ``--apply`` publish the adjustments that make live equal it."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -55,7 +56,7 @@ def replay(
         replay_store,
     )
     from ledger.settings import load_settings
-    from ledger.store.schema import StoreUnavailable, open_store
+    from ledger.store.schema import StoreUnavailable, opened_store
 
     if apply and as_of is not None:
         raise fail("--apply makes live state equal the replay now; it does not go with --as-of")
@@ -68,8 +69,9 @@ def replay(
         book = load_price_book(prices.read_bytes()) if prices is not None else None
     except (OSError, InvalidPriceBook) as exc:
         raise fail(f"cannot use --prices {prices}: {exc}") from exc
+    store = ExitStack()
     try:
-        connection = open_store(settings.duckdb_path, read_only=True)
+        connection = store.enter_context(opened_store(settings, read_only=True))
     except StoreUnavailable as exc:
         raise fail(str(exc)) from exc
     try:
@@ -119,7 +121,7 @@ def replay(
     except (duckdb.Error, TimeoutError, OSError) as exc:
         raise fail(f"replay failed: {exc}") from exc
     finally:
-        connection.close()
+        store.close()
 
 
 def _print_differences(differences: list[Difference]) -> None:

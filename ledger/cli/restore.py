@@ -5,6 +5,7 @@ by itself when it finds an empty broker and a store with history."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import ExitStack
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -104,21 +105,22 @@ def restore(
 
     from ledger.restore.plan import store_has_history
     from ledger.settings import load_settings
-    from ledger.store.schema import StoreUnavailable, open_store
+    from ledger.store.location import data_path_of
+    from ledger.store.schema import StoreUnavailable, opened_store
 
     try:
         settings = load_settings()
     except ValidationError as exc:
         raise fail(f"invalid settings: {exc}") from exc
     moment = parse_moment(as_of, "--as-of")
+    store = ExitStack()
     try:
-        connection = open_store(settings.duckdb_path, read_only=True)
+        connection = store.enter_context(opened_store(settings, read_only=True))
     except StoreUnavailable as exc:
-        why = "restore reads the store: stop the api first (deploy/PRODUCTION.md, 'Retention and restore')"
-        raise fail(f"{exc}\n{why}") from exc
+        raise fail(str(exc)) from exc
     try:
         if not store_has_history(connection):
-            raise fail(f"the store {settings.duckdb_path} holds nothing to restore")
+            raise fail(f"the store at {data_path_of(settings)} holds nothing to restore")
         if not dry_run and not force:
             held = live_records(settings)
             if held:
@@ -135,4 +137,4 @@ def restore(
     except (duckdb.Error, KafkaError, TimeoutError, OSError) as exc:
         raise fail(f"restore failed: {exc}") from exc
     finally:
-        connection.close()
+        store.close()

@@ -11,9 +11,9 @@ import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import date, datetime, time
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -26,7 +26,7 @@ from rich.text import Text
 from ledger.cli.common import console, fail, parse_moment
 from ledger.cli.server_only import server_command
 from ledger.domain.money import format_usd
-from ledger.settings import load_settings
+from ledger.settings import Settings, load_settings
 from ledger.store.queries import (
     DEFAULT_TIME_ZONE,
     GROUP_BY_NAMES,
@@ -255,12 +255,14 @@ def sql(
     """Run one read-only SQL statement on the store (no writes, files, attaches or extensions)."""
     import duckdb
 
+    from ledger.store.location import store_location
     from ledger.store.schema import StoreUnavailable
     from ledger.store.sql import SqlError, run_readonly_sql
 
     _check_one_format(as_json, as_csv)
     try:
-        result = run_readonly_sql(_store_path(), statement, limit, timeout_s=timeout_s)
+        with store_location(_settings()) as store:
+            result = run_readonly_sql(store, statement, limit, timeout_s=timeout_s)
     except (SqlError, StoreUnavailable, ValueError, duckdb.Error) as exc:
         raise fail(str(exc)) from exc
     _emit("", _unique(result.columns), result.rows, as_json=as_json, as_csv=as_csv, money=False)
@@ -272,25 +274,24 @@ def _query(run: Callable[[duckdb.DuckDBPyConnection], Result]) -> Result:
     """Open the store read-only and run one query function; every expected failure becomes ``fail``."""
     import duckdb
 
-    from ledger.store.schema import StoreUnavailable, open_store
+    from ledger.store.schema import StoreUnavailable, opened_store
 
-    try:
-        connection = open_store(_store_path(), read_only=True)
-    except (StoreUnavailable, duckdb.Error) as exc:
-        raise fail(str(exc)) from exc
-    try:
-        return run(connection)
-    except InvalidSpendQuery as exc:
-        raise fail(str(exc)) from exc
-    except duckdb.Error as exc:
-        raise fail(f"could not read the store: {exc}") from exc
-    finally:
-        connection.close()
+    with ExitStack() as store:
+        try:
+            connection = store.enter_context(opened_store(_settings(), read_only=True))
+        except (StoreUnavailable, duckdb.Error) as exc:
+            raise fail(str(exc)) from exc
+        try:
+            return run(connection)
+        except InvalidSpendQuery as exc:
+            raise fail(str(exc)) from exc
+        except duckdb.Error as exc:
+            raise fail(f"could not read the store: {exc}") from exc
 
 
-def _store_path() -> Path:
+def _settings() -> Settings:
     try:
-        return load_settings().duckdb_path
+        return load_settings()
     except ValidationError as exc:
         raise fail(f"invalid settings: {exc}") from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from contextlib import ExitStack
 from typing import Annotated
 
 import typer
@@ -26,13 +27,15 @@ def project(
     ] = False,
 ) -> None:
     """Project the topics into the DuckDB store (SPEND_LEDGER_DUCKDB_PATH) until Ctrl-C/SIGTERM."""
+    from ledger.store.location import data_path_of
     from ledger.store.projector import Projector
-    from ledger.store.schema import StoreUnavailable, open_store
+    from ledger.store.schema import StoreUnavailable, opened_store
     from ledger.tokenizer import count_tokens
 
     settings = _settings()
+    store = ExitStack()
     try:
-        connection = open_store(settings.duckdb_path)
+        connection = store.enter_context(opened_store(settings))
     except StoreUnavailable as exc:
         raise fail(str(exc)) from exc
 
@@ -44,11 +47,11 @@ def project(
         stats = await Projector(settings, connection, count_tokens).run(stop, until_caught_up=until_caught_up)
         rows = ", ".join(f"{table} {count}" for table, count in sorted(stats.rows.items()) if count)
         console.print(
-            f"projected {stats.messages} messages in {stats.seconds:.1f} s into {settings.duckdb_path}"
+            f"projected {stats.messages} messages in {stats.seconds:.1f} s into the store at {data_path_of(settings)}"
             f" ({rows or 'no rows'}; {stats.skipped} skipped)"
         )
 
     try:
         asyncio.run(run())
     finally:
-        connection.close()
+        store.close()
