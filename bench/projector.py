@@ -1,11 +1,11 @@
-"""Projector benchmark: topics into DuckDB, on the embedded broker.
+"""Projector benchmark: topics into the store (a lake), on the embedded broker.
 
     python -m bench.projector [--events 300000]
 
 Publishes N synthetic events (bench.live's generator) to ``usage`` in 1,000-event batches,
 and their ledger entries to ``ledger-entries`` as the worker writes them. In the same run
 a plain aiokafka consumer reads and JSON-decodes every message of both topics (the
-baseline of the ratio); then the projector reads both into a fresh DuckDB file until
+baseline of the ratio); then the projector reads both into a fresh store until
 caught up, validating each usage event as it stores it. The last line printed is JSON;
 events_per_s counts usage events (each also arrives as a ledger entry).
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import duckdb
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -32,6 +32,7 @@ from ledger.kafka import client_options, ensure_topics
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.publishing import usage_messages
 from ledger.settings import Settings
+from ledger.store.location import store_location
 from ledger.store.projector import Projector
 from ledger.store.schema import open_store
 from ledger.tokenizer import count_tokens
@@ -83,15 +84,18 @@ def main() -> None:
         asyncio.run(publish(settings, names.ledger_entries, entries))
         raw_s = asyncio.run(raw_consume(settings, [names.usage, names.ledger_entries], len(usage) + len(entries)))
 
-        path = Path(folder) / "ledger.duckdb"
-        connection = open_store(path)
-        started = time.perf_counter()
-        stats = asyncio.run(Projector(settings, connection, count_tokens).run(until_caught_up=True))
-        project_s = time.perf_counter() - started
-        connection.close()
-        with duckdb.connect(str(path), read_only=True) as check:
-            stored = check.execute("SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM ledger_entries)")
-            usage_rows, entry_rows = stored.fetchone() or (0, 0)
+        os.chmod(folder, 0o755)  # the catalog server may run as another user (ledger.store.catalog_server)
+        with store_location(Settings(store_path=Path(folder) / "store")) as store:
+            connection = open_store(store)
+            started = time.perf_counter()
+            stats = asyncio.run(Projector(settings, connection, count_tokens).run(until_caught_up=True))
+            project_s = time.perf_counter() - started
+            connection.close()
+            with open_store(store, read_only=True) as check:
+                stored = check.execute(
+                    "SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM ledger_entries)"
+                )
+                usage_rows, entry_rows = stored.fetchone() or (0, 0)
     assert (usage_rows, entry_rows) == (args.events, args.events), (usage_rows, entry_rows)
     print(
         json.dumps(

@@ -1,6 +1,6 @@
 """Replay benchmark: a full replay of a large store under a changed price book.
 
-    python -m bench.replay [--events 10000000] [--path FILE]
+    python -m bench.replay [--events 10000000] [--store FOLDER]
 
 A child process generates the store (not timed): N usage events over 30 days (20 models
 of the bundled book, 10,000 users, 100 teams, 1,000 keys, a tag on a quarter of them),
@@ -9,7 +9,8 @@ daily and a monthly budget on global, daily and hourly ones on every team, a dai
 200 users, a weekly one in another time zone on 50 keys, with resets and limit changes).
 The raw JSON column holds a short stand-in, not a full event: the replay never reads it.
 
-This process then times, on the same file, a plain scan of the events (the baseline of
+The store is a lake (its embedded catalog server runs for the benchmark, started by this
+process). This process then times, on the same store, a plain scan of the events (the baseline of
 the ratio) and the full replay under the bundled book with a negotiated override (every
 event priced, every budget's windows, spend and crossings). Peak RSS is this process's
 (the generator runs in its own). The last line printed is JSON.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -28,11 +30,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
+
 from bench.live import MODELS as LIVE_MODELS
 from ledger.domain.budgets import BudgetCommand
 from ledger.domain.prices import PriceOverride, TokenRates
 from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.engine import ReplayOptions, replay
+from ledger.settings import Settings
+from ledger.store.location import StoreLocation, store_location
 from ledger.store.records import USAGE_COLUMNS, StoreRows, command_row
 from ledger.store.schema import open_store
 from ledger.store.writer import append
@@ -46,9 +52,15 @@ DAYS = 30
 GENERATED_COLUMNS = USAGE_COLUMNS[: USAGE_COLUMNS.index("received_at") + 1]
 
 
-def generate(path: Path, events: int) -> None:
+def generate(folder: Path, events: int) -> None:
     """Fill a fresh store: events, their ledger entries, budget commands."""
-    connection = open_store(path)
+    with store_location(Settings(store_path=folder)) as store:
+        connection = open_store(store)
+        _fill(connection, events)
+        connection.close()
+
+
+def _fill(connection: duckdb.DuckDBPyConnection, events: int) -> None:
     models = "[" + ", ".join(f"'{model}'" for model in MODELS) + "]"
     span_us = DAYS * 86_400 * 1_000_000
     connection.execute(
@@ -81,8 +93,6 @@ def generate(path: Path, events: int) -> None:
         assert row is not None
         rows.tables["budget_commands"].append(row)
     append(connection, rows, {})
-    connection.execute("CHECKPOINT")
-    connection.close()
 
 
 def _commands() -> list[BudgetCommand]:
@@ -129,66 +139,77 @@ def _peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--path", type=Path, help="store file to create, or to reuse if it exists (default: temporary)")
+    parser.add_argument(
+        "--store", type=Path, help="store folder to create, or to reuse if it exists (default: temporary)"
+    )
     parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate_only:
-        generate(args.path, args.events)
+        generate(args.store, args.events)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as folder:
-        path = args.path or Path(folder) / "ledger.duckdb"
-        if path.exists():
-            print(f"reusing {path} ({path.stat().st_size / 2**20:.0f} MiB)")
-        else:
-            started = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "bench.replay", "--generate-only", f"--events={args.events}", f"--path={path}"],
-                check=True,
-            )
-            generate_s = time.perf_counter() - started
-            print(f"generated {args.events} events in {generate_s:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
+        os.chmod(folder, 0o755)  # the catalog server may run as another user (ledger.store.catalog_server)
+        path = args.store or Path(folder) / "store"
+        reused = path.exists()
+        with store_location(Settings(store_path=path)) as store:
+            if reused:
+                print(f"reusing {path} ({_size_mib(path):.0f} MiB)")
+            else:
+                started = time.perf_counter()
+                generator = [sys.executable, "-m", "bench.replay", "--generate-only", f"--events={args.events}"]
+                subprocess.run([*generator, f"--store={path}"], check=True)
+                generate_s = time.perf_counter() - started
+                print(f"generated {args.events} events in {generate_s:.1f} s ({_size_mib(path):.0f} MiB)")
+            _time_replay(store)
 
-        book = genai_prices_book().with_overrides(
-            (PriceOverride(model="gpt-4o-mini", rates=TokenRates(input_mtok=Decimal("0.12"), output_mtok=Decimal(1))),),
-            source="negotiated",
+
+def _size_mib(folder: Path) -> float:
+    return sum(file.stat().st_size for file in folder.rglob("*") if file.is_file()) / 2**20
+
+
+def _time_replay(store: StoreLocation) -> None:
+    """Time a plain scan, then the full replay; print the JSON line."""
+    book = genai_prices_book().with_overrides(
+        (PriceOverride(model="gpt-4o-mini", rates=TokenRates(input_mtok=Decimal("0.12"), output_mtok=Decimal(1))),),
+        source="negotiated",
+    )
+    connection = open_store(store, read_only=True)
+    started = time.perf_counter()
+    (tokens,) = connection.execute("SELECT sum(prompt_tokens + completion_tokens) FROM usage_events").fetchall()[0]
+    scan_s = time.perf_counter() - started
+
+    stages: dict[str, float] = {}
+    last = [time.perf_counter(), ""]
+
+    def on_stage(stage: str) -> None:
+        now = time.perf_counter()
+        if last[1]:
+            stages[str(last[1])] = round(now - float(last[0]), 2)
+        last[0], last[1] = now, stage
+
+    as_of = START + timedelta(days=DAYS)
+    started = time.perf_counter()
+    result = replay(connection, ReplayOptions(book=book, as_of=as_of), on_stage)
+    replay_s = time.perf_counter() - started
+    on_stage("")
+    connection.close()
+    print(f"stages (s): {stages}; scopes {len(result.states)}, crossings {result.crossing_count}, tokens {tokens}")
+    print(
+        json.dumps(
+            {
+                "events": result.events,
+                "replay_s": round(replay_s, 2),
+                "events_per_s": round(result.events / replay_s),
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "scan_s": round(scan_s, 3),
+                "ratio_to_scan": round(replay_s / scan_s, 1),
+                "charged": result.charged,
+                "scopes": len(result.states),
+                "crossings": result.crossing_count,
+            }
         )
-        connection = open_store(path, read_only=True)
-        started = time.perf_counter()
-        (tokens,) = connection.execute("SELECT sum(prompt_tokens + completion_tokens) FROM usage_events").fetchall()[0]
-        scan_s = time.perf_counter() - started
-
-        stages: dict[str, float] = {}
-        last = [time.perf_counter(), ""]
-
-        def on_stage(stage: str) -> None:
-            now = time.perf_counter()
-            if last[1]:
-                stages[str(last[1])] = round(now - float(last[0]), 2)
-            last[0], last[1] = now, stage
-
-        as_of = START + timedelta(days=DAYS)
-        started = time.perf_counter()
-        result = replay(connection, ReplayOptions(book=book, as_of=as_of), on_stage)
-        replay_s = time.perf_counter() - started
-        on_stage("")
-        connection.close()
-        print(f"stages (s): {stages}; scopes {len(result.states)}, crossings {result.crossing_count}, tokens {tokens}")
-        print(
-            json.dumps(
-                {
-                    "events": result.events,
-                    "replay_s": round(replay_s, 2),
-                    "events_per_s": round(result.events / replay_s),
-                    "peak_rss_mb": round(_peak_rss_mb(), 1),
-                    "scan_s": round(scan_s, 3),
-                    "ratio_to_scan": round(replay_s / scan_s, 1),
-                    "charged": result.charged,
-                    "scopes": len(result.states),
-                    "crossings": result.crossing_count,
-                }
-            )
-        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ A child process generates the store (not timed) with ``bench.replay.generate``: 
 events over 30 days from 2026-10-01 (10,000 users, 100 teams, 1,000 keys), their ledger
 entries and the budget commands (a store already in ``--work-dir`` is reused: the
 restore only reads it; the events are dated, so run it after 2026-10-31, when they are
-all in the past). Then the embedded broker and one worker start (no api:
-the restore reads the store, and DuckDB admits one writing process), and this process
+all in the past). Then the embedded broker and one worker start (no api: a restore is
+run with the api stopped), and this process
 times, separately, what ``spend-ledger restore --wait`` does: ``plan_s`` (plan_restore on
 the store opened read-only), ``publish_s`` (publish_restore) and ``apply_s``
 (wait_restored: the worker put every scope in place); ``restore_s`` is their sum.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -74,7 +75,8 @@ from ledger.replay.compare import Difference, compare_states
 from ledger.replay.service import live_states
 from ledger.restore.plan import RestorePlan, plan_restore, plan_summary
 from ledger.settings import Settings
-from ledger.store.schema import open_store
+from ledger.store.location import store_location
+from ledger.store.schema import opened_store
 from ledger.topics import topic_names
 from streams.codec import partition_of
 from streams.restore import publish_restore, wait_restored
@@ -269,16 +271,13 @@ async def worker_events_per_s(settings: Settings, live_events: int, global_count
         await watcher.stop()
 
 
-def timed_restore(settings: Settings, store: Path) -> tuple[RestorePlan, Timings, list[dict[str, Any]]]:
+def timed_restore(settings: Settings) -> tuple[RestorePlan, Timings, list[dict[str, Any]]]:
     """Plan, publish and wait for the worker, each timed; and the retries to send after."""
-    connection = open_store(store, read_only=True)
-    try:
+    with opened_store(settings, read_only=True) as connection:
         started = time.perf_counter()
         plan = plan_restore(connection, settings, genai_prices_book, on_stage=lambda stage: log(f"plan: {stage}"))
         plan_s = time.perf_counter() - started
         retries = stored_retries(connection, RETRIES)
-    finally:
-        connection.close()
     log(f"planned in {plan_s:.2f} s: {plan_summary(plan)}")
     started = time.perf_counter()
     records = asyncio.run(publish_restore(settings, plan))
@@ -291,9 +290,9 @@ def timed_restore(settings: Settings, store: Path) -> tuple[RestorePlan, Timings
     return plan, Timings(plan_s, publish_s, apply_s), retries
 
 
-def run(args: argparse.Namespace, settings: Settings, store: Path, run_id: str) -> dict[str, Any]:
+def run(args: argparse.Namespace, settings: Settings, run_id: str) -> dict[str, Any]:
     asyncio.run(warm_up(settings, run_id))
-    plan, timings, retries = timed_restore(settings, store)
+    plan, timings, retries = timed_restore(settings)
     differences = restore_differences(asyncio.run(live_states(settings)), plan)
     for difference in differences[:DIFFERENCES_LOGGED_MAX]:
         log(f"difference: {difference}")
@@ -342,18 +341,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     work_dir: Path = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-restore-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    store = work_dir / "ledger.duckdb"
+    os.chmod(work_dir, 0o755)  # the catalog server may run as another user (ledger.store.catalog_server)
+    store = work_dir / "store"
     if args.generate_only:
         generate(store, args.events)
         return {}
-    if store.exists():  # a store from an earlier run: the plan only reads it
-        log(f"reusing {store} ({store.stat().st_size >> 20} MiB)")
+    with store_location(Settings(store_path=store)):  # the catalog runs for the whole benchmark
+        return _run_with_store(args, work_dir, store)
+
+
+def _run_with_store(args: argparse.Namespace, work_dir: Path, store: Path) -> dict[str, Any]:
+    if (store / "data").exists():  # a store from an earlier run: the plan only reads it
+        log(f"reusing {store} ({_size_mib(store)} MiB)")
     else:
         started = time.perf_counter()
         command = [sys.executable, "-m", "bench.restore", "--generate-only", f"--events={args.events}"]
         subprocess.run([*command, f"--work-dir={work_dir}"], check=True, stdout=subprocess.DEVNULL)
         generate_s = time.perf_counter() - started
-        log(f"generated {args.events} events in {generate_s:.1f} s ({store.stat().st_size >> 20} MiB)")
+        log(f"generated {args.events} events in {generate_s:.1f} s ({_size_mib(store)} MiB)")
 
     run_id = uuid.uuid4().hex[:6]
     broker = EmbeddedBroker(log_path=work_dir / "tansu.log")
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             topic_prefix=f"bench-{run_id}.",
             topic_partitions=args.partitions,
             dedup_horizon_s=DEDUP_HORIZON_S,
-            duckdb_path=store,
+            store_path=store,
             data_dir=work_dir / "data",
         )
         asyncio.run(ensure_topics(settings))
@@ -376,12 +381,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": "2",
             "SPEND_LEDGER_KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
             "SPEND_LEDGER_DEDUP_HORIZON_S": str(DEDUP_HORIZON_S),  # or the worker expires the restored ids
-            "SPEND_LEDGER_DUCKDB_PATH": str(store),
+            "SPEND_LEDGER_STORE_PATH": str(store),
             "SPEND_LEDGER_DATA_DIR": str(work_dir / "data"),
         }
         worker = ChildProcess.worker(env, work_dir / "worker.log").start()
         log(f"broker {broker.bootstrap_servers} (pid {broker.pid}), worker pid {worker.pid}")
-        result = run(args, settings, store, run_id)
+        result = run(args, settings, run_id)
     finally:
         if worker is not None:
             worker.stop()
@@ -389,6 +394,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"logs in {work_dir}")
     print(json.dumps(result))
     return result
+
+
+def _size_mib(folder: Path) -> int:
+    return sum(file.stat().st_size for file in folder.rglob("*") if file.is_file()) >> 20
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ child processes under a topic prefix of their own, stopped by pid at the end."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,7 +38,8 @@ def bench_stack(
     work_dir: Path, partitions: int, prepare: Callable[[Settings], None] | None = None
 ) -> Iterator[BenchStack]:
     """Start the broker, create the topics (then ``prepare`` more), start a worker and the
-    api with a master key; logs and the DuckDB file go to ``work_dir``."""
+    api with a master key; logs and the store go to ``work_dir``."""
+    os.chmod(work_dir, 0o755)  # the api's catalog server may run as another user (ledger.store.catalog_server)
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     master_key = f"sk-bench-{uuid.uuid4().hex}"
     api_port = free_port(HOST)
@@ -54,7 +56,7 @@ def bench_stack(
             "SPEND_LEDGER_TOPIC_PARTITIONS": str(partitions),
             "SPEND_LEDGER_KAFKA_SESSION_TIMEOUT_S": "2",
             "SPEND_LEDGER_KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
-            "SPEND_LEDGER_DUCKDB_PATH": str(work_dir / "ledger.duckdb"),
+            "SPEND_LEDGER_STORE_PATH": str(work_dir / "store"),
             "SPEND_LEDGER_DATA_DIR": str(work_dir / "data"),
             "SPEND_LEDGER_API_HOST": HOST,
             "SPEND_LEDGER_API_PORT": str(api_port),
