@@ -23,3 +23,10 @@ def litellm_proxy_venv() -> "ProxyVenv":
     from tests.litellm_proxy_venv import proxy_venv
 
     return proxy_venv()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the session's catalog server (tests/stores.py), if a test started it."""
+    from tests.stores import stop_catalog_server
+
+    stop_catalog_server()

@@ -26,10 +26,12 @@ from ledger.replay.compare import Difference
 from ledger.replay.engine import ReplayResult
 from ledger.replay.service import check_equality
 from ledger.settings import Settings
+from ledger.store.location import StoreLocation
 from ledger.store.projector import Projector, ProjectorStats
 from ledger.store.schema import open_store
 from ledger.tokenizer import count_tokens
 from ledger.topics import TopicNames, internal_topic_names, topic_names
+from tests.stores import lake_at, store_env
 
 WAIT_S = 60.0
 API_READY_TIMEOUT_S = 60.0
@@ -74,9 +76,11 @@ class Ledger:
         self.workers.append(worker)
         return worker
 
-    def start_api(self, store_path: Path, master_key: str | None = None, ingest_key: str | None = None) -> ApiProcess:
+    def start_api(
+        self, store: StoreLocation, master_key: str | None = None, ingest_key: str | None = None
+    ) -> ApiProcess:
         """``spend-ledger api`` on a free loopback port with its own store, once ready."""
-        api = ApiProcess(self, store_path, master_key, ingest_key).start()
+        api = ApiProcess(self, store, master_key, ingest_key).start()
         self.apis.append(api)
         return api
 
@@ -177,19 +181,21 @@ class Ledger:
                 raise AssertionError(f"the worker did not catch up within {timeout_s} s")
             time.sleep(0.5)
 
-    def project(self, store_path: Path) -> ProjectorStats:
+    def project(self, store: StoreLocation) -> ProjectorStats:
         """Run the projector in this process until it has read every topic to its end."""
-        connection = open_store(store_path)
+        connection = open_store(store)
         try:
             return asyncio.run(Projector(self.settings, connection, count_tokens).run(until_caught_up=True))
         finally:
             connection.close()
 
-    def replay_equality(self, store_path: Path, book: PriceBook | None = None) -> tuple[ReplayResult, list[Difference]]:
+    def replay_equality(
+        self, store: StoreLocation, book: PriceBook | None = None
+    ) -> tuple[ReplayResult, list[Difference]]:
         """Project the topics into the store to their end, then replay it under ``book``
         (default: the bundled one) and compare with live state: (the replay, differences)."""
-        self.project(store_path)
-        connection = open_store(store_path, read_only=True)
+        self.project(store)
+        connection = open_store(store, read_only=True)
         try:
             return asyncio.run(check_equality(self.settings, connection, book or genai_prices_book()))
         finally:
@@ -205,12 +211,12 @@ class Ledger:
 
 
 class ApiProcess:
-    """The api process of a ``Ledger``: a free loopback port, its own DuckDB file and
+    """The api process of a ``Ledger``: a free loopback port, its own store and
     (optionally) a master key and an ingest key; started once ``/readyz`` answers 200,
     stopped by pid."""
 
     def __init__(
-        self, ledger: Ledger, store_path: Path, master_key: str | None = None, ingest_key: str | None = None
+        self, ledger: Ledger, store: StoreLocation, master_key: str | None = None, ingest_key: str | None = None
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -220,7 +226,7 @@ class ApiProcess:
             **ledger.env,
             "SPEND_LEDGER_API_HOST": "127.0.0.1",
             "SPEND_LEDGER_API_PORT": str(self.port),
-            "SPEND_LEDGER_DUCKDB_PATH": str(store_path),
+            **store_env(store),
         }
         if master_key is not None:
             env["SPEND_LEDGER_MASTER_KEY"] = master_key
@@ -259,7 +265,7 @@ def running_ledger(
     ledger = Ledger(broker, log_dir, **{"api_apply_wait_s": 30, **settings})
     try:
         ledger.start_worker()
-        yield ledger, ledger.start_api(log_dir / "ledger.duckdb", master_key)
+        yield ledger, ledger.start_api(lake_at(log_dir), master_key)
     finally:
         ledger.stop_all()
 

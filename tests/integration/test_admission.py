@@ -23,6 +23,7 @@ from ledger.domain.pricing import usage_cost_nanos
 from ledger.pricebooks.genai import genai_prices_book
 from tests.integration.builders import in_one_minute, until
 from tests.integration.conftest import ApiProcess, Ledger
+from tests.stores import lake_at
 
 MASTER_KEY = "admission-master-key-0123456789"
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -36,7 +37,7 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
     folder = tmp_path_factory.mktemp("admission")
     ledger = Ledger(broker, folder, trust_reported_cost="true")
     ledger.start_worker()
-    api = ledger.start_api(folder / "ledger.duckdb", master_key=MASTER_KEY)
+    api = ledger.start_api(lake_at(folder), master_key=MASTER_KEY)
     yield ledger, api
     ledger.stop_all()
 
@@ -259,7 +260,7 @@ def test_two_api_instances_stay_within_the_documented_bound(stack: tuple[Ledger,
     one follow lag may each take the whole room (at most one budget per instance), and
     admits further apart than the lag see each other's holds."""
     ledger, first = stack
-    second = ledger.start_api(tmp_path / "second.duckdb", master_key=MASTER_KEY)
+    second = ledger.start_api(lake_at(tmp_path / "second"), master_key=MASTER_KEY)
     try:
         team = new_id("shared-team")
         put(first, f"/v1/budgets/team/{team}", {"max_budget": "0.05"})
@@ -342,7 +343,7 @@ def test_holds_expire_and_survive_a_sigkill_of_the_api(broker: EmbeddedBroker, t
     ledger = Ledger(broker, tmp_path, admission_ttl_s="20")
     try:
         ledger.start_worker()
-        store = tmp_path / "ledger.duckdb"
+        store = lake_at(tmp_path)
         api = ledger.start_api(store, master_key=MASTER_KEY)
         team = new_id("ttl-team")
         put(api, f"/v1/budgets/team/{team}", {"max_budget": "0.02"})
@@ -461,7 +462,7 @@ def test_with_a_fallback_estimate_an_unpriced_model_holds_it(
     folder = tmp_path_factory.mktemp("admission-fallback")
     ledger = Ledger(broker, folder, admission_unpriced_estimate_usd="0.0005")
     try:
-        api = ledger.start_api(folder / "ledger.duckdb", master_key=MASTER_KEY)
+        api = ledger.start_api(lake_at(folder), master_key=MASTER_KEY)
         alias = new_id("unrecorded-alias")
         held = admit(api, model=alias, key=new_id("key"), prompt_tokens=10, max_tokens=10)
         assert held.status_code == 200, held.text

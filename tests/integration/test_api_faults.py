@@ -8,6 +8,7 @@ import httpx
 
 from ledger.broker import EmbeddedBroker
 from tests.integration.conftest import Ledger
+from tests.stores import lake_at
 
 KEY = "master-key-0123456789"
 
@@ -16,7 +17,7 @@ def test_usage_and_budget_writes_answer_503_when_the_broker_is_gone(tmp_path: Pa
     broker = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
     ledger = Ledger(broker, tmp_path)
     try:
-        api = ledger.start_api(tmp_path / "ledger.duckdb", master_key=KEY)
+        api = ledger.start_api(lake_at(tmp_path), master_key=KEY)
         headers = {"Authorization": f"Bearer {KEY}"}
         event = {"event_id": "e1", "model": "gpt-4o", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
         assert httpx.post(f"{api.url}/v1/usage", json=event, headers=headers, timeout=30).status_code == 202

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.integration.builders import MakeLedger
+from tests.stores import lake_at
 
 MASTER_KEY = "fuzz-master-key-0123"
 EXAMPLES_PER_OPERATION = 80  # per generation mode: about a minute in all
@@ -71,7 +72,7 @@ def test_the_api_fuzzed_from_its_openapi_spec_answers_no_5xx_and_keeps_to_its_sp
 ):
     ledger = make_ledger()
     ledger.start_worker()
-    api = ledger.start_api(tmp_path / "store.duckdb", master_key=MASTER_KEY)
+    api = ledger.start_api(lake_at(tmp_path), master_key=MASTER_KEY)
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
 

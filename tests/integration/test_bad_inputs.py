@@ -26,6 +26,7 @@ from tests.bad_inputs import (
 )
 from tests.integration.builders import MakeLedger, charged, cost_nanos, usage
 from tests.integration.conftest import Ledger
+from tests.stores import lake_at
 
 PRODUCER_REQUEST_BYTES_MAX = 16 * 1024 * 1024  # the worker's consumer fetches up to this
 MASTER_KEY = "corpus-master-key"
@@ -116,7 +117,7 @@ def test_every_bad_kind_over_http_gets_a_4xx_naming_it_and_nothing_is_published(
 ):
     ledger = make_ledger()
     ledger.start_worker()
-    api = ledger.start_api(tmp_path / "store.duckdb", master_key=MASTER_KEY)
+    api = ledger.start_api(lake_at(tmp_path), master_key=MASTER_KEY)
     pid = api.process.pid
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
     with httpx.Client(base_url=api.url, headers=headers, timeout=60) as client:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import orjson
 import pytest
 
@@ -23,12 +22,12 @@ from ledger.pricebooks.genai import genai_prices_book
 from ledger.replay.service import current_book
 from ledger.store.positions import NewLog, reconcile_log
 from ledger.store.projector import ProjectorStats, input_topics
-from ledger.store.schema import _ADDED_COLUMNS as ADDED_COLUMNS  # a store written before them
-from ledger.store.schema import SCHEMA_VERSION, TABLES_SQL, open_store
+from ledger.store.schema import open_store
 from ledger.store.writer import StoredPosition, stored_positions
 from tests.integration.builders import usage
 from tests.integration.conftest import Ledger
 from tests.integration.live_io import Producer, Record
+from tests.stores import lake_at, store_settings
 
 ADMISSION_READY_TIMEOUT_S = 30.0
 
@@ -108,7 +107,7 @@ def project(ledger: Ledger, store: Path) -> ProjectorStats:
 
 def usage_offsets(store: Path) -> dict[str, tuple[int, int]]:
     """(source_partition, source_offset) per stored event id."""
-    with duckdb.connect(str(store), read_only=True) as connection:
+    with open_store(store, read_only=True) as connection:
         rows = connection.execute("SELECT event_id, source_partition, source_offset FROM usage_events").fetchall()
     return {event_id: (partition, offset) for event_id, partition, offset in rows}
 
@@ -124,7 +123,7 @@ def positions(store: Path, topic: str) -> dict[int, StoredPosition]:
 def test_a_shorter_new_log_is_read_whole_and_its_offsets_continue_from_the_old_end(
     own_broker: RestartableBroker, ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     send_usage(ledger, 0, [f"one-{n}" for n in range(6)])
     send_usage(ledger, 1, [f"one-p1-{n}" for n in range(3)])
     send_books(ledger, [book("one")])
@@ -170,7 +169,7 @@ def test_a_shorter_new_log_is_read_whole_and_its_offsets_continue_from_the_old_e
 def test_a_new_log_longer_than_the_stored_position_is_read_from_its_first_record(
     own_broker: RestartableBroker, ledger: Ledger, tmp_path: Path
 ) -> None:
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     send_usage(ledger, 0, [f"old-{n}" for n in range(3)])
     project(ledger, store)
 
@@ -187,7 +186,7 @@ def test_a_new_log_longer_than_the_stored_position_is_read_from_its_first_record
 
 
 def test_a_restart_on_the_same_log_reads_nothing_again_and_finds_no_new_log(ledger: Ledger, tmp_path: Path) -> None:
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     send_usage(ledger, 0, [f"same-{n}" for n in range(7)])  # one batch: the record checked is inside it
     send_usage(ledger, 1, [f"same-p1-{n}" for n in range(2)])
     send_books(ledger, [book("same")])
@@ -206,17 +205,17 @@ def test_a_restart_on_the_same_log_reads_nothing_again_and_finds_no_new_log(ledg
 def test_a_price_book_on_a_new_log_is_the_current_one_though_its_offset_is_lower(
     own_broker: RestartableBroker, ledger: Ledger, tmp_path: Path
 ) -> None:
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     send_books(ledger, [book(f"old-{n}") for n in range(5)])
     project(ledger, store)
-    with duckdb.connect(str(store), read_only=True) as connection:
+    with open_store(store, read_only=True) as connection:
         assert current_book(connection, genai_prices_book).source == "old-4"
 
     restart(own_broker, ledger)
     send_books(ledger, [book("new")])  # offset 0 on the new log: below old-4's 4
     project(ledger, store)
 
-    with duckdb.connect(str(store), read_only=True) as connection:
+    with open_store(store, read_only=True) as connection:
         assert current_book(connection, genai_prices_book).source == "new"
         stored = dict(connection.execute("SELECT source, source_offset FROM price_books").fetchall())
     assert stored == {**{f"old-{n}": n for n in range(5)}, "new": 5}
@@ -257,7 +256,7 @@ def charges(event_id: str, offset: int) -> Record:
 def test_the_admission_follower_reads_a_new_log_from_its_first_record(
     own_broker: RestartableBroker, ledger: Ledger, tmp_path: Path
 ) -> None:
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     now = datetime.now(UTC)
     send(ledger, ledger.topics.admissions, [held(f"old-{n}", now) for n in range(3)])
     send(ledger, ledger.topics.ledger_entries, [charges(f"elsewhere-{n}", n) for n in range(3)])
@@ -269,7 +268,7 @@ def test_the_admission_follower_reads_a_new_log_from_its_first_record(
     send(ledger, ledger.topics.admissions, [held(f"new-{n}", now) for n in range(4)])
 
     async def open_holds_once_followed() -> set[str]:
-        settings = ledger.settings.model_copy(update={"duckdb_path": store, "data_dir": tmp_path / "data"})
+        settings = ledger.settings.model_copy(update={**store_settings(store), "data_dir": tmp_path / "data"})
         services = ApiServices(settings)
         await services.start()
         try:
@@ -281,36 +280,3 @@ def test_the_admission_follower_reads_a_new_log_from_its_first_record(
     open_ids = asyncio.run(open_holds_once_followed())
     # old-0 was settled by the new log's first ledger-entries record; new-0.. are its first admissions.
     assert open_ids == {"old-1", "old-2", "new-0", "new-1", "new-2", "new-3"}
-
-
-USAGE_COLUMNS_ADDED = [(column, definition) for table, column, definition in ADDED_COLUMNS if table == "usage_events"]
-
-
-def test_a_store_written_before_fingerprints_opens_with_its_positions(tmp_path: Path) -> None:
-    store = tmp_path / "ledger.duckdb"
-    with duckdb.connect(str(store)) as connection:  # consumer_offsets as schema version 1 made it
-        connection.execute(
-            "CREATE TABLE consumer_offsets (topic VARCHAR NOT NULL, kafka_partition INTEGER NOT NULL,"
-            " next_offset BIGINT NOT NULL, PRIMARY KEY (topic, kafka_partition))"
-        )
-        connection.execute("INSERT INTO consumer_offsets VALUES ('usage', 0, 42)")
-        usage_table = TABLES_SQL.split("CREATE TABLE IF NOT EXISTS usage_events", 1)[1].split(";", 1)[0]
-        for column, definition in USAGE_COLUMNS_ADDED:
-            usage_table = usage_table.replace(f",\n    {column} {definition}", "")
-        connection.execute("CREATE TABLE usage_events" + usage_table)
-
-    connection = open_store(store)
-    try:
-        assert stored_positions(connection) == {("usage", 0): StoredPosition(42, 0, None)}
-        columns = [row[0] for row in connection.execute("DESCRIBE usage_events").fetchall()]
-        # added, last and in order, as the writer expects
-        assert columns[-1 - len(USAGE_COLUMNS_ADDED) :] == ["source_offset", *(c for c, _ in USAGE_COLUMNS_ADDED)]
-        version = connection.execute("SELECT value FROM store_meta WHERE name = 'schema_version'").fetchone()
-        assert version == (str(SCHEMA_VERSION),)
-    finally:
-        connection.close()
-    connection = open_store(store)  # opened again: nothing left to add
-    try:
-        assert stored_positions(connection) == {("usage", 0): StoredPosition(42, 0, None)}
-    finally:
-        connection.close()

@@ -19,6 +19,7 @@ from ledger.domain.scopes import GLOBAL_SCOPE
 from ledger.publishing import usage_messages
 from tests.integration.builders import MakeLedger, cost_nanos, name_routed_to, until, usage
 from tests.integration.live_io import Producer, StateFollower, assigned_partitions
+from tests.stores import lake_at
 
 PARTITIONS = 8
 STEADY_EVENTS_PER_S = 400
@@ -122,7 +123,7 @@ def test_a_stopped_worker_hands_its_partitions_and_state_to_the_other(
             assert team_state is not None
             assert team_state.state.total_spend_nanos == sum(cost_nanos(event) for event in mine)
 
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     result, differences = ledger.replay_equality(store)
     assert differences == []
     assert result.charged == len(events)

@@ -14,6 +14,7 @@ from ledger.processes import ChildProcess
 from ledger.replay.service import check_equality
 from ledger.store.schema import open_store
 from tests.integration.builders import MakeLedger, charged, command, cost_nanos, has_limits, usage
+from tests.stores import lake_at, store_env
 
 NEGOTIATED = PriceBook(
     book_id="negotiated",
@@ -44,7 +45,7 @@ def test_apply_makes_live_equal_the_replay_under_a_new_book_and_applying_twice_c
     ledger.publish_json(ledger.topics.usage, [(e["event_id"], e) for e in events + private])
     ledger.snapshots(charged("team:r", 20))
     ledger.wait_idle()
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     result, differences = ledger.replay_equality(store)
     assert differences == []
     assert (result.charged, result.unpriced) == (20, 3)
@@ -54,7 +55,7 @@ def test_apply_makes_live_equal_the_replay_under_a_new_book_and_applying_twice_c
 
     ledger.publish(ledger.topics.prices, [(b"negotiated", NEGOTIATED.model_dump_json().encode())])
     ledger.project(store)  # the store must have read everything before an apply
-    env = {**ledger.env, "SPEND_LEDGER_DUCKDB_PATH": str(store)}
+    env = {**ledger.env, **store_env(store)}
     output = run_cli(["replay", "--apply"], env, tmp_path / "replay-1.log")
     assert "published 23 adjustments" in output
 

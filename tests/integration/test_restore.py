@@ -15,6 +15,7 @@ from ledger.kafka import records_on
 from ledger.processes import ChildProcess
 from tests.integration.builders import MakeLedger, charged, command, cost_nanos, has_limits, usage
 from tests.integration.conftest import Ledger
+from tests.stores import lake_at, store_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,7 +44,7 @@ def _latest(ledger: Ledger) -> dict[str, BudgetSnapshot]:
 
 
 def test_restore_brings_every_scope_back_and_the_worker_carries_on(make_ledger: MakeLedger, tmp_path: Path) -> None:
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     old = make_ledger()
     old.start_worker()
     daily = {"duration": "1d", "max_budget_nanos": 2_000_000, "soft_budget_nanos": 1_000_000}
@@ -62,7 +63,7 @@ def test_restore_brings_every_scope_back_and_the_worker_carries_on(make_ledger: 
     assert len(before) == 7  # global, the team, four users and the key
 
     new = make_ledger()  # the same store, an empty log
-    env = {**new.env, "SPEND_LEDGER_DUCKDB_PATH": str(store)}
+    env = {**new.env, **store_env(store)}
     dry = run_cli(["restore", "--dry-run"], env, tmp_path / "dry.log")
     assert "would restore 7 scopes (1 with budgets from 1 budget commands), 31 event ids" in dry, dry
     past = run_cli(["restore", "--dry-run", "--as-of", "2020-01-01"], env, tmp_path / "past.log")

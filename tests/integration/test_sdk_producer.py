@@ -31,6 +31,7 @@ from ledger.sdk import (
 from ledger.settings import Settings
 from tests.integration.builders import MakeLedger, charged, command, has_limits, usage
 from tests.integration.conftest import Ledger
+from tests.stores import lake_at
 
 EVENTS = 2_500
 ALERT_WAIT_S = 60.0
@@ -103,7 +104,7 @@ def test_invalid_event_raises_before_anything_is_sent(make_ledger: MakeLedger, t
 
 def test_http_publisher_posts_usage_and_reports_unconfirmed_ids(make_ledger: MakeLedger, tmp_path: Path) -> None:
     ledger = make_ledger()
-    api = ledger.start_api(tmp_path / "ledger.duckdb", MASTER_KEY)
+    api = ledger.start_api(lake_at(tmp_path), MASTER_KEY)
     before = sum(_usage_ends(ledger).values())
 
     async def publish(url: str, events: list[Any]) -> Published:

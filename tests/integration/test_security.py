@@ -23,6 +23,7 @@ from ledger.processes import ChildProcess
 from ledger.settings import Settings
 from tests.integration.builders import until, usage
 from tests.integration.conftest import ApiProcess, Ledger
+from tests.stores import lake_at, store_env
 
 MASTER = "sk-master-" + secrets.token_urlsafe(18)
 INGEST = "sk-ingest-" + secrets.token_urlsafe(18)
@@ -114,7 +115,7 @@ def secured(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
     ledger = Ledger(broker, folder)
     try:
         ledger.start_worker()
-        api = ledger.start_api(folder / "ledger.duckdb", master_key=MASTER, ingest_key=INGEST)
+        api = ledger.start_api(lake_at(folder), master_key=MASTER, ingest_key=INGEST)
         with httpx.Client(base_url=api.url, headers=bearer(MASTER), timeout=TIMEOUT_S) as admin:
             assert admin.put("/v1/budgets/team/guarded", json=TEAM_BUDGET).status_code in (200, 202)
             until(lambda: admin.get("/v1/budgets/team/guarded").status_code, lambda status: status == 200, "budget")
@@ -289,7 +290,7 @@ def test_no_key_reaches_the_logs_of_the_api_or_the_worker(broker, tmp_path):
         ledger.env = {**ledger.env, "SPEND_LEDGER_MASTER_KEY": MASTER, "SPEND_LEDGER_INGEST_KEY": INGEST}
         ledger.start_worker()
         ledger.env = {**ledger.env, "SPEND_LEDGER_LOG_LEVEL": "debug"}
-        api = ledger.start_api(tmp_path / "ledger.duckdb", master_key=MASTER, ingest_key=INGEST)
+        api = ledger.start_api(lake_at(tmp_path), master_key=MASTER, ingest_key=INGEST)
         with httpx.Client(base_url=api.url, timeout=TIMEOUT_S) as client:
             written = client.put("/v1/budgets/team/logged", json={"max_budget": "0.000001"}, headers=bearer(MASTER))
             assert written.status_code in (200, 202)
@@ -345,7 +346,7 @@ def test_a_failed_sasl_start_does_not_log_the_password(broker, tmp_path):
         "SPEND_LEDGER_LOG_LEVEL": "debug",
         "SPEND_LEDGER_API_HOST": "127.0.0.1",
         "SPEND_LEDGER_API_PORT": str(free_port()),
-        "SPEND_LEDGER_DUCKDB_PATH": str(tmp_path / "ledger.duckdb"),
+        **store_env(lake_at(tmp_path)),
     }
     for command in ("api", "worker"):
         process = ChildProcess.command([command], env, tmp_path / f"{command}.log").start()

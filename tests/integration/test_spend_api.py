@@ -15,6 +15,7 @@ import pytest
 from ledger.broker import EmbeddedBroker
 from tests.integration.builders import until
 from tests.integration.conftest import ApiProcess, Ledger
+from tests.stores import lake_at
 
 MASTER_KEY = "spend-windows-master-key-0123"
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -39,7 +40,7 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
     folder = tmp_path_factory.mktemp("spend-windows")
     ledger = Ledger(broker, folder, trust_reported_cost="true")
     ledger.start_worker()
-    api = ledger.start_api(folder / "ledger.duckdb", master_key=MASTER_KEY)
+    api = ledger.start_api(lake_at(folder), master_key=MASTER_KEY)
     yield ledger, api
     ledger.stop_all()
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import duckdb
-
 from ledger.processes import ChildProcess
 from ledger.publishing import usage_messages
+from ledger.store.location import StoreLocation
+from ledger.store.schema import StoreUnavailable, open_store
 from tests.integration.builders import MakeLedger, charged, command, cost_nanos, has_limits, usage
+from tests.stores import lake_at, store_env
 
 
-def counts(path: Path) -> dict[str, int]:
-    with duckdb.connect(str(path), read_only=True) as connection:
+def counts(store: StoreLocation) -> dict[str, int]:
+    with open_store(store, read_only=True) as connection:
         tables = ("usage_events", "ledger_entries", "budget_commands", "budget_alerts", "price_books", "dead_letters")
         return {table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
 
@@ -36,7 +37,7 @@ def test_projector_stores_each_record_once_and_continues_from_its_offsets(
     ledger.snapshots(charged("team:t", 30))
     ledger.wait_idle()
 
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     first = ledger.project(store)
     assert counts(store) == {
         "usage_events": 31,  # 30 priced, 1 unpriced; the invalid one is a dead letter only
@@ -47,7 +48,7 @@ def test_projector_stores_each_record_once_and_continues_from_its_offsets(
         "dead_letters": 2,
     }
     assert first.rows["usage_events"] == 34  # the three copies were read, and dropped by event_id
-    with duckdb.connect(str(store), read_only=True) as connection:
+    with open_store(store, read_only=True) as connection:
         spend = connection.execute("SELECT sum(cost_nanos) FROM ledger_entries").fetchone()[0]
         reasons = dict(connection.execute("SELECT event_id, reason FROM dead_letters").fetchall())
         stored = connection.execute("SELECT prompt_tokens, scope_keys FROM usage_events WHERE event_id = 's-7'")
@@ -71,30 +72,28 @@ def test_projector_killed_mid_batch_loses_and_repeats_nothing(make_ledger: MakeL
     events = [usage(f"k-{n}", user=f"user-{n % 50}", prompt=n % 1000) for n in range(60_000)]
     duplicates = [usage(f"k-{n}", user="someone-else") for n in range(0, 60_000, 97)]  # same ids again
     ledger.publish(ledger.topics.usage, list(usage_messages(events)) + list(usage_messages(duplicates, 100)))
-    store = tmp_path / "ledger.duckdb"
-    env = {**ledger.env, "SPEND_LEDGER_DUCKDB_PATH": str(store)}
     partial = 0
     delay_s = 2.0
     for attempt in range(10):  # kill until a kill lands in the middle (bounded)
+        store = lake_at(tmp_path / f"attempt-{attempt}")  # a fresh store each time
+        env = {**ledger.env, **store_env(store)}
         projector = ChildProcess.command(["project"], env, tmp_path / f"project-{attempt}.log").start()
         time.sleep(delay_s)
         projector.kill()
-        partial = counts(store)["usage_events"] if store.exists() else 0
+        try:
+            partial = counts(store)["usage_events"]
+        except StoreUnavailable:  # killed before it made its tables
+            partial = 0
         if 0 < partial < len(events):
             break
         # Too early: nothing committed yet, wait longer. Too late: all stored, start over sooner.
-        if partial == len(events):
-            for leftover in tmp_path.glob("ledger.duckdb*"):
-                leftover.unlink()
-            delay_s /= 2
-        else:
-            delay_s *= 1.5
+        delay_s = delay_s / 2 if partial == len(events) else delay_s * 1.5
     assert 0 < partial < len(events), "no kill landed mid-way"
 
     finish = ChildProcess.command(["project", "--until-caught-up"], env, tmp_path / "project-final.log").start()
     assert finish.wait(timeout_s=120) == 0
     assert counts(store)["usage_events"] == len(events)
-    with duckdb.connect(str(store), read_only=True) as connection:
+    with open_store(store, read_only=True) as connection:
         ids = connection.execute("SELECT count(DISTINCT event_id) FROM usage_events").fetchone()[0]
         offsets = dict(
             connection.execute(
@@ -112,15 +111,15 @@ def test_an_offset_the_log_no_longer_has_restarts_at_its_start_and_skips_nothing
     ledger = make_ledger()
     first = [usage(f"o-{n}") for n in range(5)]
     ledger.publish_json(ledger.topics.usage, [(e["event_id"], e) for e in first])
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     ledger.project(store)
-    with duckdb.connect(str(store)) as connection:  # as after a new, empty broker: offsets past its end
+    with open_store(store) as connection:  # as after a new, empty broker: offsets past its end
         connection.execute("UPDATE consumer_offsets SET next_offset = next_offset + 1000")
     later = [usage(f"o-later-{n}") for n in range(3)]
     ledger.publish_json(ledger.topics.usage, [(e["event_id"], e) for e in later])
     ledger.project(store)
     assert counts(store)["usage_events"] == 8
-    with duckdb.connect(str(store), read_only=True) as connection:  # each partition's stored offsets grew on
+    with open_store(store, read_only=True) as connection:  # each partition's stored offsets grew on
         (out_of_order,) = connection.execute(
             """
             SELECT count(*) FROM usage_events later

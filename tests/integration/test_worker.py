@@ -8,15 +8,16 @@ import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from ledger.domain.budgets import BudgetSpec, alert_message
 from ledger.domain.snapshots import BudgetSnapshot
 from ledger.domain.windows import epoch_us
+from ledger.store.schema import open_store
 from streams.codec import partition_of
 from tests.integration.builders import MakeLedger, alerts_of, charged, command, cost_nanos, has_limits, usage
+from tests.stores import lake_at
 
 
 def test_second_event_exceeds_team_budget_once(make_ledger: MakeLedger) -> None:
@@ -245,10 +246,10 @@ def test_events_without_occurred_at_on_kafka_occur_at_their_records_timestamp(
     assert ledger.read_json(ledger.topics.dead_letter) == []
 
     # The store says which times were the record's, and its replay agrees with live state.
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     _, differences = ledger.replay_equality(store)
     assert differences == []
-    with duckdb.connect(str(store), read_only=True) as connection:
+    with open_store(store, read_only=True) as connection:
         rows = connection.execute(
             "SELECT event_id, epoch_us(occurred_at), occurred_at_source FROM usage_events ORDER BY 1"
         ).fetchall()

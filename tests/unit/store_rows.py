@@ -1,16 +1,16 @@
-"""Rows for small DuckDB stores built in unit tests, through the real writer."""
+"""Rows for small stores built in unit tests, through the real writer."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ledger.domain.budgets import BudgetCommand, BudgetSpec, CommandAction
+from ledger.store.location import StoreLocation
 from ledger.store.records import StoreRows, command_row
 from ledger.store.schema import open_store
 from ledger.store.writer import append
@@ -82,21 +82,21 @@ def dead_letter(
 
 
 def build_store(
-    path: Path,
+    store: StoreLocation,
     *,
     entries: Sequence[dict[str, Any]] = (),
     commands: Sequence[tuple[Any, ...]] = (),
     dead_letters: Sequence[tuple[Any, ...]] = (),
-) -> Path:
-    """Write the rows into a new store at ``path`` and close it (readers open it read-only)."""
+) -> StoreLocation:
+    """Write the rows into a new store and close it (readers open it read-only)."""
     rows = StoreRows()
     if entries:
         rows.entry_batches.append(orjson.dumps({"batch_id": "test-batch", "entries": list(entries)}).decode())
     rows.tables["budget_commands"].extend(commands)
     rows.tables["dead_letters"].extend(dead_letters)
-    connection = open_store(path)
+    connection = open_store(store)
     try:
         append(connection, rows, {})
     finally:
         connection.close()
-    return path
+    return store

@@ -14,6 +14,7 @@ from ledger.domain.prices import PriceBook, PriceOverride, TokenRates
 from ledger.store.records import StoreRows, command_row, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.writer import append
+from tests.stores import lake_at, store_env
 
 runner = CliRunner()
 BOOK = PriceBook(source="cli test", overrides=(PriceOverride(model="m-1", rates=TokenRates(input_mtok=Decimal(1))),))
@@ -40,12 +41,12 @@ def store_with_a_day_of_usage(tmp_path: Path) -> dict[str, str]:
     row = command_row(orjson.dumps(command), 0, 0)
     assert row is not None
     rows.tables["budget_commands"].append(row)
-    path = tmp_path / "ledger.duckdb"
+    path = lake_at(tmp_path)
     connection = open_store(path)
     append(connection, rows, {})
     connection.close()
     (tmp_path / "book.json").write_text(BOOK.model_dump_json())
-    return {"SPEND_LEDGER_DUCKDB_PATH": str(path)}
+    return store_env(path)
 
 
 def test_as_of_prints_every_budget_at_that_time_under_the_given_book(tmp_path: Path) -> None:

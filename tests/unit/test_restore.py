@@ -23,6 +23,7 @@ from ledger.settings import Settings
 from ledger.store.records import StoreRows, alert_row, command_row, rate_limit_row, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.writer import append
+from tests.stores import lake_at
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SPEC = BudgetSpec(duration="1d", max_budget_nanos=1_000, soft_budget_nanos=500)
@@ -151,7 +152,7 @@ def test_the_plan_is_what_live_held(tmp_path: Path) -> None:
     limit = {"schema_version": 1, "record_id": "r1", "issued_at": NOW.isoformat(), "kind": "model", "model": "gpt-4o"}
     rows.tables["rate_limit_records"].append(rate_limit_row(orjson.dumps({**limit, "tpm": 1_000}), 0, 0))
     rows.tables["rate_limit_records"].append(rate_limit_row(orjson.dumps({**limit, "record_id": "r2", "tpm": 9}), 0, 1))
-    path = tmp_path / "store.duckdb"
+    path = lake_at(tmp_path)
     _store(path, [*events, old, late], entries, rows, {"late": NOW - timedelta(hours=1)})
 
     connection = open_store(path, read_only=True)
@@ -182,7 +183,7 @@ def test_the_plan_is_what_live_held(tmp_path: Path) -> None:
 
 
 def test_an_empty_store_has_nothing_to_restore(tmp_path: Path) -> None:
-    connection = open_store(tmp_path / "store.duckdb")
+    connection = open_store(lake_at(tmp_path))
     try:
         assert not store_has_history(connection)
     finally:

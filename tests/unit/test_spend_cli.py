@@ -17,6 +17,7 @@ from ledger.domain.budgets import BudgetSpec
 from ledger.store.records import StoreRows, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.writer import append
+from tests.stores import lake_at, store_env
 from tests.unit.store_rows import at, build_store, command, dead_letter, entry
 
 runner = CliRunner()
@@ -26,7 +27,7 @@ runner = CliRunner()
 def store(tmp_path: Path) -> dict[str, str]:
     """The environment that points the CLI at a small store."""
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[
             entry(1_000_000_001, "user:alice", "team:ml", model="gpt-4o", occurred_at=at(9)),
             entry(250_000_000, "user:bob", "team:ml", model="gpt-4o-mini", occurred_at=at(10)),
@@ -35,7 +36,7 @@ def store(tmp_path: Path) -> dict[str, str]:
         commands=[command("team:ml", "upsert", at(9, 30), BudgetSpec(max_budget_nanos=2_000_000_000, duration="1d"))],
         dead_letters=[dead_letter("t.usage", "price", "unpriced", "no price for model 'x'", "e-9", offset=4)],
     )
-    return {"SPEND_LEDGER_DUCKDB_PATH": str(path)}
+    return store_env(path)
 
 
 def test_spend_by_team_and_model_as_json_gives_nanos_and_exact_usd(store):
@@ -139,10 +140,10 @@ def test_spend_errors_exit_2_with_what_to_fix(store, args, message):
 
 
 def test_a_missing_store_exits_2_naming_it(tmp_path):
-    missing = tmp_path / "none.duckdb"
-    result = runner.invoke(app, ["spend", "budgets"], env={"SPEND_LEDGER_DUCKDB_PATH": str(missing), "COLUMNS": "1000"})
+    missing = lake_at(tmp_path / "none")
+    result = runner.invoke(app, ["spend", "budgets"], env={**store_env(missing), "COLUMNS": "1000"})
     assert result.exit_code == 2
-    assert f"error: no ledger store at {missing}: start the api" in result.stderr
+    assert f"error: nothing stored yet in {missing}: start the api" in " ".join(result.stderr.split())
 
 
 def test_sql_prints_rows_and_refuses_writes_with_exit_2(store):
@@ -170,7 +171,7 @@ def test_sql_says_on_stderr_when_rows_were_cut(store):
 
 def test_spend_by_model_group_names_the_group_its_usage_events_asked_for(tmp_path):
     charge = entry(7, "team:ml", model="gpt-4o", occurred_at=at(9))
-    path = build_store(tmp_path / "ledger.duckdb", entries=[charge])
+    path = build_store(lake_at(tmp_path), entries=[charge])
     event = {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": "gpt-4o",
              "model_group": "team-gpt", "usage": {"prompt_tokens": 100, "completion_tokens": 10}}  # fmt: skip
     rows = StoreRows()
@@ -180,9 +181,7 @@ def test_spend_by_model_group_names_the_group_its_usage_events_asked_for(tmp_pat
         append(connection, rows, {})
     finally:
         connection.close()
-    result = runner.invoke(
-        app, ["spend", "by", "-g", "model_group", "-g", "model", "--json"], env={"SPEND_LEDGER_DUCKDB_PATH": str(path)}
-    )
+    result = runner.invoke(app, ["spend", "by", "-g", "model_group", "-g", "model", "--json"], env=store_env(path))
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)
     assert (row["model_group"], row["model"], row["spend_nanos"]) == ("team-gpt", "gpt-4o", 7)
@@ -191,21 +190,19 @@ def test_spend_by_model_group_names_the_group_its_usage_events_asked_for(tmp_pat
 def test_spend_by_day_windows_in_new_york_across_the_fall_back_change(tmp_path):
     day_start = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # 00:00 EDT
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[entry(1, "team:ml", occurred_at=day_start + timedelta(minutes=30, hours=n)) for n in range(25)]
         + [entry(5, "team:web", occurred_at=day_start)],
     )
     args = ["spend", "by", "--window", "day", "--tz", "America/New_York", "--team", "ml", "--json"]
-    result = runner.invoke(app, args, env={"SPEND_LEDGER_DUCKDB_PATH": str(path)})
+    result = runner.invoke(app, args, env=store_env(path))
     assert result.exit_code == 0, result.output
     (day,) = json.loads(result.stdout)
     assert (day["window_start"], day["window_end"]) == ("2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00")
     assert (day["spend_nanos"], day["entry_count"]) == (25, 25)
     hourly = ["spend", "by", "--window", "hour", "--tz", "America/New_York", "--from", "2026-11-01", "--to",
               "2026-11-02", "--team", "ml", "--team", "web", "--csv"]  # fmt: skip
-    rows = list(
-        csv.DictReader(io.StringIO(runner.invoke(app, hourly, env={"SPEND_LEDGER_DUCKDB_PATH": str(path)}).stdout))
-    )
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(app, hourly, env=store_env(path)).stdout)))
     assert len(rows) == 25  # --from and --to without a zone are read in --tz
     assert [row["window_start"] for row in rows[1:3]] == ["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00"]
     assert (rows[0]["spend_nanos"], rows[0]["entry_count"]) == ("6", "2")
@@ -213,7 +210,7 @@ def test_spend_by_day_windows_in_new_york_across_the_fall_back_change(tmp_path):
 
 def test_spend_by_filters_and_shows_cache_and_reasoning_tokens(tmp_path):
     charge = entry(7, "team:ml", "user:ana", model="gpt-4o", occurred_at=at(9), prompt=1_000, completion=300)
-    path = build_store(tmp_path / "ledger.duckdb", entries=[charge, entry(9, "team:ml", "user:bo", occurred_at=at(9))])
+    path = build_store(lake_at(tmp_path), entries=[charge, entry(9, "team:ml", "user:bo", occurred_at=at(9))])
     usage = {"prompt_tokens": 1_000, "completion_tokens": 300, "cache_read_tokens": 600, "cache_write_tokens": 100,
              "reasoning_tokens": 200}  # fmt: skip
     event = {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": "gpt-4o", "usage": usage}
@@ -225,7 +222,7 @@ def test_spend_by_filters_and_shows_cache_and_reasoning_tokens(tmp_path):
     finally:
         connection.close()
     args = ["spend", "by", "-g", "user", "--user", "ana", "--model", "gpt-4o", "--json"]
-    result = runner.invoke(app, args, env={"SPEND_LEDGER_DUCKDB_PATH": str(path)})
+    result = runner.invoke(app, args, env=store_env(path))
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)
     assert (row["user"], row["spend_nanos"], row["cache_read_tokens"], row["cache_write_tokens"]) == (

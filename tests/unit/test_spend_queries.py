@@ -27,6 +27,7 @@ from ledger.store.queries import (
 from ledger.store.records import StoreRows, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.writer import append
+from tests.stores import lake_at
 from tests.unit.store_rows import at, build_store, command, dead_letter, entry
 
 
@@ -34,7 +35,7 @@ from tests.unit.store_rows import at, build_store, command, dead_letter, entry
 def store(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Four charges and one adjustment across two users, two teams and three tags."""
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[
             entry(1_000_000_001, "user:alice", "team:ml", "key:sk:a1", "tag:prod", "tag:eu", model="gpt-4o"),
             entry(250_000_000, "user:alice", "team:ml", model="gpt-4o-mini", occurred_at=at(10, 15)),
@@ -93,7 +94,7 @@ def test_adjustments_count_in_spend_and_entries_but_not_in_tokens(store):
 def test_no_group_by_gives_one_total_row_even_for_an_empty_store(store, tmp_path):
     (total,) = spend_by(store, []).rows
     assert (total.groups, total.spend_nanos, total.entry_count) == ({}, 1_250_000_043, 5)
-    with open_store(build_store(tmp_path / "empty.duckdb"), read_only=True) as empty:
+    with open_store(build_store(lake_at(tmp_path / "empty")), read_only=True) as empty:
         (nothing,) = spend_by(empty, []).rows
     assert (nothing.spend_nanos, nothing.entry_count, nothing.prompt_tokens) == (0, 0, 0)
 
@@ -129,7 +130,7 @@ def test_time_buckets_are_utc_hours_days_and_months(store):
 
 def test_a_bucket_follows_utc_not_the_time_zone_the_event_was_reported_in(tmp_path):
     late_in_new_york = datetime(2025, 11, 3, 22, 30, tzinfo=timezone(timedelta(hours=-5)))  # 03:30 UTC on the 4th
-    path = build_store(tmp_path / "ledger.duckdb", entries=[entry(5, "user:u", occurred_at=late_in_new_york)])
+    path = build_store(lake_at(tmp_path), entries=[entry(5, "user:u", occurred_at=late_in_new_york)])
     with open_store(path, read_only=True) as connection:
         connection.execute("SET TimeZone = 'America/New_York'")
         assert groups_and_nanos(spend_by(connection, ["day"])) == [((datetime(2025, 11, 4, tzinfo=UTC),), 5)]
@@ -235,7 +236,7 @@ def test_top_spenders_count_only_the_range(store):
 
 
 def test_top_spenders_break_ties_by_scope_key(tmp_path):
-    path = build_store(tmp_path / "ledger.duckdb", entries=[entry(9, "team:b"), entry(9, "team:a"), entry(1, "team:c")])
+    path = build_store(lake_at(tmp_path), entries=[entry(9, "team:b"), entry(9, "team:a"), entry(1, "team:c")])
     with open_store(path, read_only=True) as connection:
         assert [s.scope_key for s in top_spenders(connection, "team")] == ["team:a", "team:b", "team:c"]
 
@@ -252,7 +253,7 @@ def test_the_latest_upsert_by_issued_at_decides_a_scopes_limits(tmp_path):
     daily = BudgetSpec(max_budget_nanos=5_000, duration="1d")
     monthly = BudgetSpec(max_budget_nanos=90_000, soft_budget_nanos=80_000, duration="monthly")
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[
             entry(700, "team:ml", occurred_at=at(7)),
             entry(20, "team:ml", occurred_at=at(9)),
@@ -280,7 +281,7 @@ def test_the_latest_upsert_by_issued_at_decides_a_scopes_limits(tmp_path):
 def test_a_reset_after_the_upsert_moves_the_since_time_and_a_delete_removes_the_scope(tmp_path):
     cap = BudgetSpec(max_budget_nanos=1_000)
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[entry(100, "user:a", "user:b", occurred_at=at(9)), entry(5, "user:a", occurred_at=at(11))],
         commands=[
             command("user:a", "upsert", at(8), cap),
@@ -308,7 +309,7 @@ def test_a_set_overall_replaces_the_overall_limit_and_keeps_the_others(tmp_path)
     per_model = BudgetSpec(max_budget_nanos=900, duration="1d", model="gpt-4o")
     raised = BudgetSpec(max_budget_nanos=8_000, duration="1d")
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[],
         commands=[
             command("user:u", "upsert", at(8), daily, per_model),
@@ -323,9 +324,7 @@ def test_a_set_overall_replaces_the_overall_limit_and_keeps_the_others(tmp_path)
 
 def test_budget_statuses_truncate_at_the_limit(tmp_path):
     cap = BudgetSpec(max_budget_nanos=1)
-    path = build_store(
-        tmp_path / "ledger.duckdb", commands=[command(f"user:u{n}", "upsert", at(8), cap) for n in range(3)]
-    )
+    path = build_store(lake_at(tmp_path), commands=[command(f"user:u{n}", "upsert", at(8), cap) for n in range(3)])
     with open_store(path, read_only=True) as connection:
         report = budget_statuses(connection, limit=2)
     assert [s.scope_key for s in report.statuses] == ["user:u0", "user:u1"]
@@ -334,7 +333,7 @@ def test_budget_statuses_truncate_at_the_limit(tmp_path):
 
 def test_dead_letters_are_counted_by_topic_stage_and_reason_with_the_example_at_the_highest_offset(tmp_path):
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         dead_letters=[
             dead_letter("t.usage", "price", "unpriced", "no price for model 'b'", "e-3", offset=12),
             dead_letter("t.usage", "validate", "invalid_usage", "prompt_tokens < 0", "e-2", offset=11),
@@ -355,7 +354,7 @@ def test_spend_groups_by_the_model_group_its_usage_events_name(tmp_path):
     """A LiteLLM alias (team-gpt) over two priced models: spend by group, and by model."""
     charges = [entry(5, "team:ml"), entry(7, "team:ml", model="gpt-4o-mini"), entry(11, "team:ml")]
     adjustment = {**entry(-1, "team:ml", kind="adjustment"), "event_id": charges[0]["event_id"]}
-    path = build_store(tmp_path / "ledger.duckdb", entries=[*charges, adjustment])
+    path = build_store(lake_at(tmp_path), entries=[*charges, adjustment])
     events = [
         {"event_id": charge["event_id"], "occurred_at": at(9).isoformat(), "model": charge["model"],
          "model_group": group, "usage": {"prompt_tokens": 100, "completion_tokens": 10}}
@@ -392,7 +391,7 @@ def fall_back_day(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     nanos at the first instant of the next."""
     instants = [FALL_BACK_DAY_START + timedelta(minutes=30) + timedelta(hours=n) for n in range(25)]
     path = build_store(
-        tmp_path / "ledger.duckdb",
+        lake_at(tmp_path),
         entries=[
             entry(1_000, "user:u", occurred_at=FALL_BACK_DAY_START - timedelta(minutes=1)),
             *(entry(1, "user:u", occurred_at=instant) for instant in instants),
@@ -466,7 +465,7 @@ def test_the_same_entries_in_utc_windows_split_at_utc_midnight(fall_back_day):
 
 def test_window_starts_are_given_in_the_zone_and_a_spring_forward_day_holds_23_hours(tmp_path):
     path = build_store(
-        tmp_path / "ledger.duckdb", entries=[entry(7, "user:u", occurred_at=datetime(2026, 3, 8, 12, tzinfo=UTC))]
+        lake_at(tmp_path), entries=[entry(7, "user:u", occurred_at=datetime(2026, 3, 8, 12, tzinfo=UTC))]
     )
     with open_store(path, read_only=True) as connection:
         (day,) = spend_by(connection, [], window="day", time_zone=NEW_YORK).rows
@@ -477,7 +476,7 @@ def test_window_starts_are_given_in_the_zone_and_a_spring_forward_day_holds_23_h
 
 def test_hour_windows_follow_a_half_hour_zone(tmp_path):
     path = build_store(
-        tmp_path / "ledger.duckdb", entries=[entry(7, "user:u", occurred_at=datetime(2026, 5, 1, 10, 10, tzinfo=UTC))]
+        lake_at(tmp_path), entries=[entry(7, "user:u", occurred_at=datetime(2026, 5, 1, 10, 10, tzinfo=UTC))]
     )
     with open_store(path, read_only=True) as connection:
         (hour,) = spend_by(connection, [], window="hour", time_zone="Asia/Kolkata").rows
@@ -520,7 +519,7 @@ def test_filters_keep_any_value_of_one_dimension_and_every_dimension_given(store
 def test_every_row_counts_cache_and_reasoning_tokens_of_charges_only(tmp_path):
     charges = [entry(5, "team:ml", prompt=1_000, completion=300), entry(7, "team:web", prompt=50, completion=5)]
     adjustment = {**entry(-1, "team:ml", kind="adjustment"), "event_id": charges[0]["event_id"]}
-    path = build_store(tmp_path / "ledger.duckdb", entries=[*charges, adjustment])
+    path = build_store(lake_at(tmp_path), entries=[*charges, adjustment])
     usages = [
         {"prompt_tokens": 1_000, "completion_tokens": 300, "cache_read_tokens": 600, "cache_write_tokens": 100,
          "reasoning_tokens": 200},

@@ -15,6 +15,7 @@ from ledger.domain.wire import DeadLetter
 from ledger.store.records import StoreRows, dead_letter_row, entry_batch, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.writer import append, stored_offsets
+from tests.stores import lake_at
 
 AT = "2025-11-03T09:00:00+00:00"
 
@@ -74,7 +75,7 @@ def test_a_dead_letter_has_the_same_id_each_time_the_worker_writes_it() -> None:
 
 
 def test_appending_the_same_rows_twice_stores_them_once_and_moves_the_offsets(tmp_path: Path) -> None:
-    connection = open_store(tmp_path / "ledger.duckdb")
+    connection = open_store(lake_at(tmp_path))
     entries = {
         "batch_id": "usage/0/1",
         "entries": [
@@ -106,7 +107,7 @@ def test_an_adjustment_id_names_the_correction_it_makes() -> None:
 
 
 def test_an_entries_record_the_worker_did_not_write_is_refused_or_its_bad_entries_dropped(tmp_path: Path) -> None:
-    connection = open_store(tmp_path / "ledger.duckdb")
+    connection = open_store(lake_at(tmp_path))
     good = {"entry_id": "ok", "event_id": "ok", "occurred_at": AT, "model": "m", "scope_keys": ["global:*"],
             "cost_nanos": 5, "cost_source": "price_book", "usage": {}}  # fmt: skip
     bad = [
