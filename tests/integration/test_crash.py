@@ -2,8 +2,10 @@
 and unpriced ones, budget resets and limit changes, while the worker is SIGKILLed five
 times and the api (the projector) twice at random moments, each restarted. At the end
 nothing is lost or charged twice, live equals the replay of the store to the nano, and
-every crossing was alerted. The soak (``pytest -m soak``; ``make test`` skips it) does the
-same with 1,000,000 records, 12 worker kills and 4 api kills.
+every crossing was alerted. Throughout, a reader in another process queries the store
+every 100 ms: its counts only grow, and no read sees part of a ledger-entries batch. The
+soak (``pytest -m soak``; ``make test`` skips it) does the same with 1,000,000 records,
+12 worker kills and 4 api kills.
 
 Why the budgeted scopes get their events through one partition, with event times a little
 ahead of the clock: the live fold keeps one window per limit and closes it by event time
@@ -20,6 +22,8 @@ import asyncio
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,10 +42,12 @@ from ledger.publishing import usage_messages
 from ledger.replay.engine import load_crossings
 from ledger.replay.reference import CROSSING_KINDS
 from ledger.replay.service import check_equality
+from ledger.store.location import StoreLocation
 from ledger.store.schema import open_store
 from tests.integration.builders import MakeLedger, command, cost_nanos, name_routed_to
 from tests.integration.conftest import ApiProcess, Ledger
 from tests.integration.live_io import Producer, StateFollower
+from tests.stores import lake_at
 
 RECORDS_PER_CHUNK = 2_000
 DUPLICATES_PER_CHUNK = 100  # 5%
@@ -64,6 +70,37 @@ SOAK_EVENT_TIME_LEAD_S = SOAK_CATCH_UP_TIMEOUT_S = 1_800.0
 
 TEAM_1S, TEAM_1M, KEY_BOTH = "team:crash-1s", "team:crash-1m", "key:crash-both"
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-nano", "claude-3-5-haiku-20241022")
+READ_EVERY_S = 0.1
+READER_SECONDS_MAX = 1_800.0
+
+# The reader: one read-only connection, a fresh snapshot per read (each read is one
+# transaction), a JSON line per read until the stop file appears (or its time is up).
+READER = """
+import json, sys, time
+from pathlib import Path
+from ledger.store.location import StoreLocation
+from ledger.store.schema import StoreUnavailable, open_store
+catalog, data_path, out, stop, every_s, seconds_max = sys.argv[1:7]
+deadline = time.monotonic() + float(seconds_max)
+connection = None
+with open(out, "w") as lines:
+    while not Path(stop).exists() and time.monotonic() < deadline:
+        try:
+            if connection is None:
+                connection = open_store(StoreLocation(catalog, data_path), read_only=True)
+            else:
+                connection.commit()
+                connection.begin()
+            count, total = connection.execute("SELECT count(*), sum(cost_nanos) FROM ledger_entries").fetchone()
+            batches = dict(connection.execute("SELECT batch_id, count(*) FROM ledger_entries GROUP BY 1").fetchall())
+            lines.write(json.dumps({"count": count, "sum": int(total or 0), "batches": batches}) + "\\n")
+        except StoreUnavailable:  # the api has not made its tables yet
+            pass
+        except Exception as exc:
+            lines.write(json.dumps({"error": repr(exc)}) + "\\n")
+        lines.flush()
+        time.sleep(float(every_s))
+"""
 
 
 class EventClock:
@@ -309,7 +346,7 @@ def run_crash_test(
     started = time.monotonic()
     seed = random.randrange(2**32)
     ledger = make_ledger(partitions=PARTITIONS)
-    store = tmp_path / "ledger.duckdb"
+    store = lake_at(tmp_path)
     schedule = random.Random(seed)
     # Kills of one process at least KILL_SPACING_CHUNKS apart: it is back (restarted at most
     # 3 chunks later) before its next kill is due.
@@ -319,6 +356,9 @@ def run_crash_test(
     restart_after = {chunk: schedule.choice((0, 1, 2)) for chunk in [*worker_kill_at, *api_kill_at]}
     pending_restarts: dict[int, list[str]] = {}
 
+    reads, stop_reading = tmp_path / "reads.jsonl", tmp_path / "stop-reading"
+    reader_arguments = [store.catalog, store.data_path, str(reads), str(stop_reading), str(READ_EVERY_S)]
+    reader = subprocess.Popen([sys.executable, "-c", READER, *reader_arguments, str(READER_SECONDS_MAX)])
     with (
         Producer(ledger.settings.kafka_bootstrap_servers) as producer,
         StateFollower(ledger.settings.kafka_bootstrap_servers, ledger.topics.budget_state, PARTITIONS) as live,
@@ -384,6 +424,11 @@ def run_crash_test(
     assert crash.api is not None
     assert crash.api.process.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
     ledger.project(store)  # what the api had not projected yet, from its stored offsets
+    stop_reading.touch()
+    try:
+        assert reader.wait(timeout=30) == 0
+    finally:
+        reader.kill()
     connection = open_store(store, read_only=True)
     try:
         result, differences = asyncio.run(check_equality(ledger.settings, connection, genai_prices_book()))
@@ -426,6 +471,7 @@ def run_crash_test(
         by_id.setdefault(alert["alert_id"], set()).add(key)
     assert all(len(keys) == 1 for keys in by_id.values())
     assert len(by_id) == len(alert_rows)
+    read_count = check_reads(reads, dict(Counter(batch for (batch,) in stored_batches(store))))
 
     figure = {
         "test": "crash",
@@ -442,6 +488,7 @@ def run_crash_test(
         "crossings": len(replayed),
         "alerts_on_topic": len(topic_alerts),
         "alerts_sent_twice": len(topic_alerts) - len(by_id),
+        "reads_while_projecting": read_count,
         "seconds": round(time.monotonic() - started, 1),
     }
     return figure
@@ -449,3 +496,30 @@ def run_crash_test(
 
 def stored(connection: duckdb.DuckDBPyConnection, query: str) -> list[tuple[Any, ...]]:
     return connection.execute(query).fetchall()
+
+
+def stored_batches(store: StoreLocation) -> list[tuple[str]]:
+    with open_store(store, read_only=True) as connection:
+        return connection.execute("SELECT batch_id FROM ledger_entries").fetchall()
+
+
+def check_reads(reads: Path, final_batches: dict[str, int]) -> int:
+    """Every read of the reader: no error, counts and sums never shrink, and each batch it
+    saw had all of its entries (as many as at the end). Returns how many reads it made."""
+    lines = [json.loads(line) for line in reads.read_text().splitlines()]
+    errors = [line["error"] for line in lines if "error" in line]
+    assert not errors, errors[:3]
+    assert len(lines) > 100, "the reader hardly read: the test checks nothing"
+    counts = [line["count"] for line in lines]
+    sums = [line["sum"] for line in lines]
+    assert counts == sorted(counts)
+    assert sums == sorted(sums)
+    assert counts[-1] == sum(final_batches.values())
+    partial = [
+        (batch, seen, final_batches.get(batch))
+        for line in lines
+        for batch, seen in line["batches"].items()
+        if seen != final_batches.get(batch)
+    ]
+    assert not partial, partial[:5]
+    return len(lines)
