@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     store_path: Path = Path("data/store")
     store_catalog: SecretStr | None = Field(default=None, min_length=1, max_length=2_000)
     store_data_path: str | None = Field(default=None, min_length=1, max_length=2_000)
+    # The writer compacts the lake this often (ledger.store.maintenance); snapshots and
+    # replaced files older than the retention go (a reader's query may run that long).
+    store_maintenance_every_s: float = Field(default=600.0, ge=1, le=86_400)
+    store_snapshot_retention_s: float = Field(default=3_600.0, ge=0, le=30 * 86_400)
 
     # The api: admin routes need the master key; /v1/usage and /v1/check take the ingest
     # key too when one is set. Without a master key the api serves loopback only.

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -27,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from ledger.domain.pricing import TokenCounter
 from ledger.kafka import client_options, end_offsets, ensure_topics, reached, records_behind
 from ledger.settings import Settings
+from ledger.store.maintenance import maintain
 from ledger.store.positions import new_log_at, reconcile_log, record_fingerprint, start_new_logs
 from ledger.store.records import (
     StoreRows,
@@ -62,6 +64,7 @@ class ProjectorStats:
     rows: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     skipped: int = 0  # records on the ledger's output topics that it did not write
+    maintenance_rounds: int = 0
     seconds: float = 0.0
 
 
@@ -139,7 +142,14 @@ class Projector:
             pending: list[ConsumerRecord[bytes, bytes]] = []
             append_at = 0.0
             lag_at = 0.0
+            maintain_at = time.monotonic() + self.settings.store_maintenance_every_s
             while stop is None or not stop.is_set():
+                if time.monotonic() >= maintain_at:  # between two appends: never beside one
+                    if appending is not None:
+                        await appending
+                        appending = None
+                    await asyncio.to_thread(self._maintain)
+                    maintain_at = time.monotonic() + self.settings.store_maintenance_every_s
                 if time.monotonic() >= lag_at:
                     self.lag_records = await records_behind(consumer)
                     lag_at = time.monotonic() + LAG_EVERY_S
@@ -160,6 +170,19 @@ class Projector:
             await consumer.stop()
         self.stats.seconds += time.monotonic() - started
         return self.stats
+
+    def _maintain(self) -> None:
+        """One round of the lake's maintenance; a failure is logged and tried next round
+        (projecting goes on: small files and old snapshots cost speed, not correctness)."""
+        retention = timedelta(seconds=self.settings.store_snapshot_retention_s)
+        try:
+            maintain(self.connection, retention=retention, now=datetime.now(UTC))
+        except duckdb.Error as exc:
+            log.warning(
+                "store maintenance failed, tried again in %.0f s: %s", self.settings.store_maintenance_every_s, exc
+            )
+            return
+        self.stats.maintenance_rounds += 1
 
     async def _append_next(
         self, records: list[ConsumerRecord[bytes, bytes]], appending: asyncio.Task[None] | None
