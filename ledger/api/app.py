@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ledger.api import admission, budgets, history, litellm_routes
+from ledger.api import admission, budgets, history, litellm_routes, sql_route
 from ledger.api.admission import AdmitBody
 from ledger.api.auth import AuthError
 from ledger.api.deps import CLIENT, ApiError, Services, error_response, now, single_valued_query
@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(_ingest_router())
     app.include_router(budgets.router)
     app.include_router(history.router)
+    app.include_router(sql_route.router)
     app.include_router(litellm_routes.router)
     app.include_router(admission.router)
     _add_operations(app)
