@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     store_path: Path = Path("data/store")
     store_catalog: SecretStr | None = Field(default=None, min_length=1, max_length=2_000)
     store_data_path: str | None = Field(default=None, min_length=1, max_length=2_000)
+    # Data on S3-compatible storage (store_data_path "s3://bucket/prefix/"): the endpoint
+    # (host:port; unset: AWS), the access key, the region and the URL style.
+    store_s3_endpoint: str | None = Field(default=None, min_length=1, max_length=500)
+    store_s3_key_id: str | None = Field(default=None, min_length=1, max_length=500)
+    store_s3_secret: SecretStr | None = Field(default=None, min_length=1, max_length=500)
+    store_s3_region: str = Field(default="us-east-1", min_length=1, max_length=100)
+    store_s3_url_style: Literal["vhost", "path"] = "vhost"
+    store_s3_use_ssl: bool = True
+    # POST /v1/sql: the most rows one statement returns and the longest it runs (a request
+    # may ask for less).
+    sql_rows_max: int = Field(default=10_000, ge=1, le=1_000_000)
+    sql_timeout_s: float = Field(default=30.0, gt=0, le=3_600)
     # The writer compacts the lake this often (ledger.store.maintenance); snapshots and
     # replaced files older than the retention go (a reader's query may run that long).
     store_maintenance_every_s: float = Field(default=600.0, ge=1, le=86_400)

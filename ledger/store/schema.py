@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from ledger.settings import Settings
-from ledger.store.location import StoreLocation, store_location
+from ledger.store.location import S3Access, StoreLocation, store_location
 
 SCHEMA_VERSION = 5  # 5: the store is a DuckLake (a DuckDB file before)
 LAKE = "lake"  # the name the lake is attached under; every connection USEs it
@@ -202,6 +202,7 @@ _EXTENSIONS = (
     ("duckdb_extension_ducklake", "ducklake"),
     ("duckdb_extension_postgres_scanner", "postgres_scanner"),
 )
+_S3_EXTENSION = ("duckdb_extension_httpfs", "httpfs")
 
 
 # Extension files this process has loaded once with DuckDB's signature check (about 0.3 s
@@ -212,6 +213,10 @@ _verified_extensions: set[Path] = set()
 
 class StoreUnavailable(Exception):
     """The store cannot be opened: no catalog answers, or the lake was never written."""
+
+
+class NothingStored(StoreUnavailable):
+    """A read of a lake no writer has made its tables in yet."""
 
 
 def extension_file(module_name: str, extension: str) -> Path:
@@ -239,7 +244,8 @@ def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool
     """
     if sandboxed and not read_only:
         raise ValueError("only a read-only store can be sandboxed")
-    extensions = [extension_file(module_name, extension) for module_name, extension in _EXTENSIONS]
+    wanted = [*_EXTENSIONS, _S3_EXTENSION] if store.s3 is not None else list(_EXTENSIONS)
+    extensions = [extension_file(module_name, extension) for module_name, extension in wanted]
     config: dict[str, str | bool | int | float | list[str]] = {
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
@@ -250,6 +256,8 @@ def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool
         for path in extensions:
             connection.execute(f"LOAD '{path}'")
         _verified_extensions.update(extensions)
+        if store.s3 is not None:
+            connection.execute(_s3_secret(store.s3))
         if not read_only and "://" not in store.data_path:
             Path(store.data_path).mkdir(parents=True, exist_ok=True)
         options = f"DATA_PATH '{_quoted(store.data_path)}'" + (", READ_ONLY" if read_only else "")
@@ -257,7 +265,7 @@ def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool
             connection.execute(f"ATTACH 'ducklake:postgres:{_quoted(store.catalog)}' AS {LAKE} ({options})")
         except duckdb.Error as exc:
             if read_only and "creating a new DuckLake is explicitly disabled" in str(exc):
-                raise StoreUnavailable(
+                raise NothingStored(
                     f"nothing stored yet in {store}: start the api (or spend-ledger project) first"
                 ) from exc
             raise StoreUnavailable(f"cannot open {store}: {exc}") from exc
@@ -267,9 +275,7 @@ def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool
             connection.begin()  # one snapshot for the connection's life: its queries agree with each other
             tables = {row[0] for row in connection.execute("SHOW TABLES").fetchall()}
             if "consumer_offsets" not in tables:
-                raise StoreUnavailable(
-                    f"nothing stored yet in {store}: start the api (or `spend-ledger project`) first"
-                )
+                raise NothingStored(f"nothing stored yet in {store}: start the api (or spend-ledger project) first")
         else:
             connection.begin()  # one catalog commit for every table (each its own: ~10x slower)
             connection.execute(TABLES_SQL)
@@ -280,8 +286,7 @@ def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool
             connection.commit()
             _set_inlining(connection)  # not in the transaction that made the tables: DuckLake refuses it
         if sandboxed:
-            if "://" not in store.data_path:
-                connection.execute("SET allowed_directories = [?]", [store.data_path])
+            connection.execute("SET allowed_directories = [?]", [store.data_path])  # a folder, or an s3:// prefix
             connection.execute("SET enable_external_access = false")
             connection.execute("SET lock_configuration = true")  # last: a locked one refuses even SET
     except BaseException:
@@ -310,6 +315,28 @@ def _set_inlining(connection: duckdb.DuckDBPyConnection) -> None:
             connection.execute(
                 f"CALL {LAKE}.set_option('data_inlining_row_limit', {_INLINED_ROWS_MAX}, table_name => '{table}')"
             )
+
+
+def cursor(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A connection of its own onto the same lake (one per thread or request), set up as
+    ``open_store`` sets one up: a cursor does not inherit ``USE`` or the time zone."""
+    own = connection.cursor()
+    own.execute(f"USE {LAKE}")
+    own.execute("SET TimeZone = 'UTC'")
+    return own
+
+
+def _s3_secret(s3: S3Access) -> str:
+    """The DuckDB secret the lake's files on S3 are read and written with (this connection's
+    only: a temporary secret, never written to disk)."""
+    options = [f"REGION '{_quoted(s3.region)}'", f"URL_STYLE '{_quoted(s3.url_style)}'", f"USE_SSL {s3.use_ssl}"]
+    if s3.endpoint is not None:
+        options.append(f"ENDPOINT '{_quoted(s3.endpoint)}'")
+    if s3.key_id is not None:
+        options.append(f"KEY_ID '{_quoted(s3.key_id)}'")
+    if s3.secret is not None:
+        options.append(f"SECRET '{_quoted(s3.secret)}'")
+    return f"CREATE TEMPORARY SECRET lake_s3 (TYPE s3, {', '.join(options)})"
 
 
 def _quoted(text: str) -> str:

@@ -566,16 +566,7 @@ def test_readme_production_section_commands_are_real() -> None:
 
 # Settings the note names before they exist, each on a line that says "coming". Once one is
 # a field of Settings, the note must stop calling it coming and it leaves this list.
-COMING_SETTINGS = frozenset(
-    {
-        "SPEND_LEDGER_STORE_S3_ENDPOINT",
-        "SPEND_LEDGER_STORE_S3_KEY_ID",
-        "SPEND_LEDGER_STORE_S3_SECRET",
-        "SPEND_LEDGER_STORE_S3_REGION",
-        "SPEND_LEDGER_STORE_S3_URL_STYLE",
-        "SPEND_LEDGER_STORE_S3_USE_SSL",
-    }
-)
+COMING_SETTINGS: frozenset[str] = frozenset()
 
 
 def test_production_note_names_only_real_settings() -> None:
