@@ -26,7 +26,7 @@ from ledger.settings import Settings
 from ledger.store.location import StoreLocation, store_location
 from ledger.store.positions import reconcile_log
 from ledger.store.projector import Projector, input_topics
-from ledger.store.schema import open_store
+from ledger.store.schema import cursor, open_store
 from ledger.tokenizer import count_tokens
 from ledger.topics import TopicNames, topic_names
 
@@ -147,7 +147,7 @@ class ApiServices:
         """A connection of its own onto the store, for one request (reads see committed rows)."""
         if self.store is None:
             raise RuntimeError("the store is not open")
-        return self.store.cursor()
+        return cursor(self.store)
 
     # -- publishing ------------------------------------------------------------------
 

@@ -22,9 +22,7 @@ from ledger.api.sql_formats import MEDIA_TYPES, encoded, negotiated_format
 from ledger.settings import Settings
 from ledger.store.schema import StoreUnavailable
 from ledger.store.sql import (
-    SQL_ROWS_DEFAULT,
     SQL_ROWS_MAX,
-    SQL_TIMEOUT_S_DEFAULT,
     SQL_TIMEOUT_S_MAX,
     InvalidStatement,
     StatementNotAllowed,
@@ -43,14 +41,12 @@ _statements_at_once = asyncio.Semaphore(SQL_STATEMENTS_AT_ONCE_MAX)
 
 def rows_max(settings: Settings) -> int:
     """The most rows a statement may return (``SPEND_LEDGER_SQL_ROWS_MAX``)."""
-    found: int = getattr(settings, "sql_rows_max", SQL_ROWS_DEFAULT)  # TODO(lead): settings
-    return found
+    return settings.sql_rows_max
 
 
 def timeout_s_max(settings: Settings) -> float:
     """The longest a statement may run (``SPEND_LEDGER_SQL_TIMEOUT_S``)."""
-    found: float = getattr(settings, "sql_timeout_s", SQL_TIMEOUT_S_DEFAULT)  # TODO(lead): settings
-    return found
+    return settings.sql_timeout_s
 
 
 class SqlRequest(BaseModel):
