@@ -299,7 +299,7 @@ class DevStack:
         if self._catalog is not None:
             catalog, self._catalog = self._catalog, None
             if catalog.started_here:
-                self.say("stopping the catalog")
+                self.say(f"stopping the catalog (pid {catalog.pid})")
             catalog.stop()
         return clean
 
@@ -315,7 +315,8 @@ class DevStack:
             raise DevStackError(f"the store's catalog: {exc}") from exc
         self._catalog = catalog
         if catalog.started_here:
-            self.say(f"started the catalog (PostgreSQL on {catalog.socket_dir}, log {catalog.log_path})")
+            self.say(f"started the catalog (pid {catalog.pid})")
+            self.say(f"the catalog is PostgreSQL on the socket in {catalog.socket_dir}; its log: {catalog.log_path}")
 
     def _launch(self, name: str, process: ChildProcess) -> _Child:
         child = _Child(name, process, self.log)

@@ -52,3 +52,15 @@ def store_env(store: StoreLocation) -> dict[str, str]:
 def store_settings(store: StoreLocation) -> dict[str, object]:
     """The settings (for ``Settings.model_copy(update=...)``) that point at ``store``."""
     return {"store_catalog": SecretStr(store.catalog), "store_data_path": store.data_path}
+
+
+def let_the_catalog_server_through(folder: Path) -> None:
+    """As root, the embedded catalog server runs as another user (PostgreSQL refuses root),
+    which must pass through every folder above the store: pytest makes its folders 0700.
+    Adds the others' search bit (not read) on ``folder`` and the folders above it."""
+    if os.geteuid() != 0:
+        return
+    for each in (folder.resolve(), *folder.resolve().parents):
+        mode = each.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(each, (mode & 0o7777) | 0o001)

@@ -138,14 +138,14 @@ def _restore_if_log_lost(stack: DevStack, settings: Settings) -> Callable[[], No
     from ledger.restore.plan import store_has_history
     from ledger.restore.run import RestoreOutcome
     from ledger.store.location import data_path_of
-    from ledger.store.schema import StoreUnavailable, opened_store
+    from ledger.store.schema import NothingStored, StoreUnavailable, opened_store
 
-    if not (settings.store_path / "catalog" / "pgdata").exists() and settings.store_catalog is None:
-        return None
     started = time.monotonic()
     store = ExitStack()
     try:
         connection = store.enter_context(opened_store(settings, read_only=True))
+    except NothingStored:  # a new store: nothing to restore
+        return None
     except StoreUnavailable as exc:
         raise DevStackError(str(exc)) from exc
     progress = progress_bar(Console())
@@ -384,6 +384,20 @@ def try_commands(config: DevStackConfig) -> list[str]:
     return [shlex.join(line) for line in lines]
 
 
+def embedded_catalog_dsn(store_path: Path) -> str:
+    """The connection string of the store's embedded catalog (for a notebook)."""
+    from ledger.store.catalog_server import SUPERUSER, socket_dir_for
+    from ledger.store.location import EMBEDDED_DATABASE
+
+    return f"dbname={EMBEDDED_DATABASE} user={SUPERUSER} host={socket_dir_for(store_path / 'catalog' / 'pgdata')}"
+
+
+def sql_command(config: DevStackConfig) -> str:
+    """A ``spend-ledger sql`` line that reads this stack's store as printed."""
+    query = "SELECT model, sum(cost_nanos) AS spend_nanos FROM ledger_entries GROUP BY ALL ORDER BY 2 DESC"
+    return shlex.join(["env", f"SPEND_LEDGER_STORE_PATH={config.store_path}", ".venv/bin/spend-ledger", "sql", query])
+
+
 def summary(config: DevStackConfig, outcome: DemoOutcome | None) -> str:
     """What the dev stack prints once it is ready: where things are, the master key, what
     the demo left, and what to try."""
@@ -397,11 +411,13 @@ def summary(config: DevStackConfig, outcome: DemoOutcome | None) -> str:
         f"  metrics     {config.api_url}/metrics",
         f"  broker      {config.bootstrap_servers} (in memory: its topics go when it stops)",
         f"  store       {config.store_path} (a DuckLake: Parquet under data/, catalog in PostgreSQL)",
+        *([f"  catalog     {embedded_catalog_dsn(config.store_path)}"] if config.embedded_catalog else []),
         f"  master key  {config.master_key}",
     ]
     if outcome is not None:
         lines += _demo_lines(outcome)
-    lines += ["", "Try:", *(f"  {command}" for command in try_commands(config)), ""]
+    lines += ["", "Try:", *(f"  {command}" for command in try_commands(config))]
+    lines += ["", "Ask the store anything while it runs, from another terminal:", f"  {sql_command(config)}", ""]
     return "\n".join(lines)
 
 

@@ -77,6 +77,11 @@ class CatalogServer:
         self.stop()
 
     @property
+    def pid(self) -> int | None:
+        """The server's pid, if this object started it."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def started_here(self) -> bool:
         """Whether this object started the server (and so stops it)."""
         return self._process is not None

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from ledger.broker import _die_with_parent, free_port
+from tests.stores import let_the_catalog_server_through
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -36,6 +37,7 @@ class DevRun:
         env: dict[str, str] | None = None,
     ) -> None:
         self.folder = folder
+        let_the_catalog_server_through(folder)  # the store's catalog lives under it
         self.api_port = api_port or free_port()
         self.broker_port = broker_port or free_port()
         self.data_dir = folder / "data"

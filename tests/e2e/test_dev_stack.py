@@ -36,7 +36,7 @@ def test_the_stack_is_ready_and_its_admin_routes_take_the_generated_master_key(d
 
 def test_broker_worker_and_api_are_the_dev_process_children(dev_stack: DevRun) -> None:
     pids = dev_stack.started_pids()
-    assert set(pids) == {"broker", "worker", "api"}
+    assert set(pids) == {"catalog", "broker", "worker", "api"}
     assert children_of(dev_stack.pid) == set(pids.values())
 
 
@@ -106,7 +106,12 @@ def test_a_stop_signal_stops_api_worker_and_broker_in_order_and_exits_0(
 
     assert run.wait() == 0, run.stderr() + run.stdout()[-4000:]
     assert {name: pid for name, pid in pids.items() if alive(pid)} == {}
-    assert re.findall(r"^dev +\| stopping the (\w+) \(pid", run.stdout(), re.M) == ["api", "worker", "broker"]
+    assert re.findall(r"^dev +\| stopping the (\w+) \(pid", run.stdout(), re.M) == [
+        "api",
+        "worker",
+        "broker",
+        "catalog",
+    ]
     assert run.stdout().rstrip().endswith("dev    | stopped")
 
 
@@ -152,3 +157,50 @@ def test_a_busy_port_names_the_option_to_change_and_starts_nothing(
     )
     assert "started the" not in run.stdout()
     assert not run.data_dir.exists()
+
+
+def test_sql_spend_and_replay_read_the_store_while_the_stack_runs_and_agree_with_the_api(dev_stack: DevRun) -> None:
+    """The store answers every reader while the api writes it: the printed ``spend-ledger
+    sql`` line as printed, ``spend by`` and a dry ``replay``, each agreeing with the api."""
+    (printed,) = [line.strip() for line in dev_stack.stdout().splitlines() if "/spend-ledger sql " in line]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SPEND_LEDGER_", "KAFKA_"))}
+    env = {
+        **base,
+        "SPEND_LEDGER_STORE_PATH": str(dev_stack.data_dir / "store"),
+        "SPEND_LEDGER_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{dev_stack.broker_port}",
+    }
+
+    def cli(*arguments: str) -> str:
+        done = subprocess.run(
+            [".venv/bin/spend-ledger", *arguments], capture_output=True, text=True, timeout=120, env=env, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def api_by_model() -> dict[str, int]:
+        answer = httpx.get(
+            f"{dev_stack.api_url}/v1/spend",
+            params={"group_by": "model"},
+            headers={"Authorization": f"Bearer {dev_stack.master_key}"},
+        )
+        return {row["groups"]["model"]: row["spend_nanos"] for row in answer.json()["rows"]}
+
+    deadline = time.monotonic() + 30
+    while True:  # the projector may commit between two reads: until two agree (bounded)
+        before = api_by_model()
+        sql_rows = json.loads(
+            cli("sql", "SELECT model, sum(cost_nanos) AS spend_nanos FROM ledger_entries GROUP BY 1", "--json")
+        )
+        by_sql = {row["model"]: row["spend_nanos"] for row in sql_rows}
+        by_cli = {row["model"]: row["spend_nanos"] for row in json.loads(cli("spend", "by", "-g", "model", "--json"))}
+        if before == by_sql == by_cli == api_by_model() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert before, "the demo left no spend"
+    assert by_sql == before
+    assert by_cli == before
+
+    done = subprocess.run(["sh", "-c", printed], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "gpt-4o" in done.stdout
+    assert "live state equals the replay" in cli("replay")
