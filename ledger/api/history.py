@@ -1,4 +1,4 @@
-"""Routes over the DuckDB store: spend, alerts, dead letters, and replay.
+"""Routes over the store: spend, alerts, dead letters, and replay.
 
 Each request reads through its own connection onto the store (the projector keeps
 writing meanwhile; a read sees committed batches), in a worker thread, since DuckDB

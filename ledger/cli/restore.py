@@ -1,4 +1,4 @@
-"""``spend-ledger restore``: rebuild live state from the DuckDB store when the log is gone
+"""``spend-ledger restore``: rebuild live state from the store when the log is gone
 (a new dev broker, Kafka retention, a lost changelog). ``spend-ledger dev`` runs the same
 by itself when it finds an empty broker and a store with history."""
 
@@ -96,7 +96,7 @@ def restore(
     ] = False,
     wait: Annotated[bool, typer.Option(help="wait until a running worker has applied the restore")] = False,
 ) -> None:
-    """Rebuild live state from the DuckDB store: every scope's budget state, the event ids
+    """Rebuild live state from the store: every scope's budget state, the event ids
     the dedup needs, the price book, rate limits and open holds, published for the worker.
     Run it with the api stopped (it holds the store); see deploy/PRODUCTION.md."""
     import duckdb

@@ -1,7 +1,7 @@
 """Commands that run the service, and the error they give on a client-only install.
 
 ``pip install spend-ledger`` is the client side (SDK, LiteLLM callback, BudgetManager and
-the commands that talk to a running api); the worker, the api and the DuckDB store come
+the commands that talk to a running api); the worker, the api and the store come
 with the ``server`` extra (the embedded broker of ``spend-ledger dev`` with ``dev``). A
 server command on a client-only install stops before it starts anything and names the
 install line, instead of failing on an ``ImportError`` halfway through.

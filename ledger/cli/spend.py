@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 Result = TypeVar("Result")
 
 spend_app = typer.Typer(
-    help="Spend from the DuckDB store (SPEND_LEDGER_DUCKDB_PATH): by group, top spenders, budgets, dead letters.",
+    help="Spend from the store, also while the api runs: by group, top spenders, budgets, dead letters.",
     no_args_is_help=True,
 )
 

@@ -1,4 +1,4 @@
-"""Commands on the DuckDB store: project, spend, sql, replay."""
+"""Commands on the store: project, spend, sql, replay."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def project(
         bool, typer.Option("--until-caught-up", help="stop once every topic is read to where it ended at start")
     ] = False,
 ) -> None:
-    """Project the topics into the DuckDB store (SPEND_LEDGER_DUCKDB_PATH) until Ctrl-C/SIGTERM."""
+    """Project the topics into the store (run it with the api stopped: one writer) until Ctrl-C/SIGTERM."""
     from ledger.store.location import data_path_of
     from ledger.store.projector import Projector
     from ledger.store.schema import StoreUnavailable, opened_store

@@ -2,7 +2,7 @@
 
 - A user is the scope ``user:<id>``; its budget is the scope's overall limit (no model,
   a max budget), read from ``GET /v1/budgets/user/{id}``. ``model_cost`` is the user's
-  spend per model since the window's start, from ``GET /v1/spend``: that reads the DuckDB
+  spend per model since the window's start, from ``GET /v1/spend``: that reads the
   store, which trails the live state by about a second, so a call just charged may be
   missing from ``model_cost`` while ``current_cost`` already counts it.
 - ``create`` goes through LiteLLM's ``POST /set_budget``: it replaces the overall limit
