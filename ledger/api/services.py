@@ -27,6 +27,7 @@ from ledger.store.location import StoreLocation, store_location
 from ledger.store.positions import reconcile_log
 from ledger.store.projector import Projector, input_topics
 from ledger.store.schema import cursor, open_store
+from ledger.store.writer_lock import writer_lock
 from ledger.tokenizer import count_tokens
 from ledger.topics import TopicNames, topic_names
 
@@ -87,6 +88,7 @@ class ApiServices:
         await asyncio.wait_for(ensure_topics(self.settings), STARTUP_TIMEOUT_S)
         # The catalog first (an embedded one this api had to start stops with it).
         self.location = self._resources.enter_context(store_location(self.settings))
+        self._resources.enter_context(writer_lock(self.location))  # one writer per store
         self.store = open_store(self.location)
         # First onto the broker's current log (a restarted dev broker's is new): the
         # admission follower starts from the stored positions that load() reads.

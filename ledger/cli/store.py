@@ -26,17 +26,22 @@ def project(
         bool, typer.Option("--until-caught-up", help="stop once every topic is read to where it ended at start")
     ] = False,
 ) -> None:
-    """Project the topics into the store (run it with the api stopped: one writer) until Ctrl-C/SIGTERM."""
-    from ledger.store.location import data_path_of
+    """Project the topics into the store until Ctrl-C/SIGTERM (refused while the api writes it)."""
+    from ledger.store.location import data_path_of, store_location
     from ledger.store.projector import Projector
-    from ledger.store.schema import StoreUnavailable, opened_store
+    from ledger.store.schema import StoreUnavailable, open_store
+    from ledger.store.writer_lock import StoreBusy, writer_lock
     from ledger.tokenizer import count_tokens
 
     settings = _settings()
     store = ExitStack()
     try:
-        connection = store.enter_context(opened_store(settings))
-    except StoreUnavailable as exc:
+        location = store.enter_context(store_location(settings))
+        store.enter_context(writer_lock(location))
+        connection = open_store(location)
+        store.callback(connection.close)
+    except (StoreUnavailable, StoreBusy) as exc:
+        store.close()
         raise fail(str(exc)) from exc
 
     async def run() -> None:

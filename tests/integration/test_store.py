@@ -129,3 +129,21 @@ def test_an_offset_the_log_no_longer_has_restarts_at_its_start_and_skips_nothing
             """
         ).fetchone()
     assert out_of_order == 0
+
+
+def test_a_second_writer_is_refused_while_the_api_writes_and_takes_over_once_it_is_killed(
+    make_ledger: MakeLedger, tmp_path: Path
+) -> None:
+    ledger = make_ledger()
+    store = lake_at(tmp_path)
+    env = {**ledger.env, **store_env(store)}
+    api = ledger.start_api(store)
+    refused = ChildProcess.command(["project", "--until-caught-up"], env, tmp_path / "refused.log").start()
+    assert refused.wait(timeout_s=60) == 2
+    said = " ".join((tmp_path / "refused.log").read_text().split())
+    assert "is written by another process (spend-ledger writer" in said
+    assert f"pid {api.process.pid}): one writer per store" in said
+
+    api.process.kill()  # its session ends with it, and the lock too
+    took_over = ChildProcess.command(["project", "--until-caught-up"], env, tmp_path / "took-over.log").start()
+    assert took_over.wait(timeout_s=60) == 0, (tmp_path / "took-over.log").read_text()
