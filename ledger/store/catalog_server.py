@@ -108,8 +108,17 @@ class CatalogServer:
         if not (self.pgdata / "PG_VERSION").exists():
             self._init_data_directory()
         self._own(self.socket_dir)
-        log = self.log_path.open("ab")
-        try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._launch(deadline):
+            # The last server on this data directory is still going away (killed with its
+            # parent a moment ago: its lock file names a pid not reaped yet). Again, shortly.
+            time.sleep(READY_POLL_S * 5)
+
+    def _launch(self, deadline: float) -> bool:
+        """Start the server and wait until it answers (True); False if it refused to start
+        because the previous one's lock file still stands."""
+        log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [
                     str(self._bin / "postgres"),
@@ -127,14 +136,16 @@ class CatalogServer:
                 preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
                 **self._as_server_user(),
             )
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
         while not self.answers():
             if self._process.poll() is not None:
                 code, self._process = self._process.returncode, None
                 if self.answers():  # another process started it in the meantime
-                    return
+                    return True
+                with self.log_path.open("rb") as log:
+                    log.seek(log_size)
+                    said = log.read().decode(errors="replace")
+                if 'lock file "postmaster.pid" already exists' in said and time.monotonic() < deadline:
+                    return False
                 raise CatalogServerError(f"the catalog server exited with {code}; see {self.log_path}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -142,6 +153,7 @@ class CatalogServer:
                     f"the catalog server did not answer in {START_TIMEOUT_S:g} s; see {self.log_path}"
                 )
             time.sleep(READY_POLL_S)
+        return True
 
     def stop(self) -> None:
         """Stop the server if this object started it: fast shutdown (SIGINT) by its pid."""
