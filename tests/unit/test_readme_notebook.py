@@ -16,9 +16,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def notebook_lines() -> str:
-    """The Python block under "From a notebook", unindented."""
+    """The ``python notebook`` block under "From a notebook", unindented."""
     section = README.read_text().split("- **From a notebook**", 1)[1]
-    block = section.split("```python\n", 1)[1].split("  ```", 1)[0]
+    block = section.split("```python notebook\n", 1)[1].split("  ```", 1)[0]
     return "\n".join(line.removeprefix("  ") for line in block.splitlines())
 
 

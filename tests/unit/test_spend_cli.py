@@ -156,7 +156,7 @@ def test_sql_prints_rows_and_refuses_writes_with_exit_2(store):
     ]
     refused = runner.invoke(app, ["sql", "DELETE FROM ledger_entries"], env=store)
     assert refused.exit_code == 2
-    assert "writing is not allowed: the store is open read-only" in refused.stderr
+    assert "writing is not allowed: only a query" in refused.stderr
     assert json.loads(
         runner.invoke(app, ["sql", "SELECT count(*) AS n FROM ledger_entries", "--json"], env=store).stdout
     ) == [{"n": 3}]
