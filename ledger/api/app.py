@@ -7,10 +7,12 @@ validate is a 422 listing each field error (``fields``: location, message, type)
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import duckdb
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -33,6 +35,8 @@ from ledger.settings import Settings
 from ledger.store.queries import alert_counts, ledger_counts
 
 FIELD_ERRORS_MAX = 100
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -87,6 +91,10 @@ def error_answer(exc: Exception) -> JSONResponse | None:
             return error_response(400, "request body is not valid JSON", "malformed_json", fields=fields)
         summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields[:5])
         return error_response(422, f"invalid request: {summary}", "invalid_request", fields=fields)
+    if isinstance(exc, duckdb.Error):  # the store failed a read: say so, and keep its trace in the log
+        log.error("the store could not answer: %r", exc, exc_info=exc)
+        message = f"the store could not answer ({type(exc).__name__}: {exc}); retry"
+        return error_response(503, message, "store_unavailable", headers={"retry-after": "1"})
     if isinstance(exc, KafkaError):
         message = f"the broker did not acknowledge the write ({exc!r}); nothing is confirmed, retry with the same ids"
         return error_response(503, message, "broker_unavailable", headers={"retry-after": "1"})
@@ -102,7 +110,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         assert found is not None
         return found
 
-    for kind in (ApiError, AuthError, BodyError, RequestValidationError, KafkaError, StarletteHTTPException):
+    for kind in (
+        ApiError,
+        AuthError,
+        BodyError,
+        RequestValidationError,
+        KafkaError,
+        StarletteHTTPException,
+        duckdb.Error,
+    ):
         app.add_exception_handler(kind, answer)
 
 
