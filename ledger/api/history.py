@@ -142,14 +142,7 @@ async def spend(
     """Spend from the store, grouped by scope kinds, model and time buckets, per window, with
     tokens beside cost. Windows and time buckets start at local boundaries in ``tz``."""
     names = [name.strip() for item in (group_by or []) for name in item.split(",") if name.strip()]
-    filters = SpendFilters(
-        team=tuple(team or ()),
-        user=tuple(user or ()),
-        key=tuple(key or ()),
-        end_user=tuple(end_user or ()),
-        tag=tuple(tag or ()),
-        model=tuple(model or ()),
-    )
+    filters = SpendFilters.given(team=team, user=user, key=key, end_user=end_user, tag=tag, model=model)
     report = await _read(
         api,
         spend_by,

@@ -103,14 +103,7 @@ def spend_by_command(
         raise fail(str(exc)) from exc
     names = group_by or []
     since, until = _moment_in(start, "--from", zone), _moment_in(end, "--to", zone)
-    filters = SpendFilters(
-        team=tuple(team or ()),
-        user=tuple(user or ()),
-        key=tuple(key or ()),
-        end_user=tuple(end_user or ()),
-        tag=tuple(tag or ()),
-        model=tuple(model or ()),
-    )
+    filters = SpendFilters.given(team=team, user=user, key=key, end_user=end_user, tag=tag, model=model)
     report = _query(
         lambda connection: spend_by(
             connection,

@@ -57,6 +57,11 @@ class SpendFilters:
     tag: tuple[str, ...] = ()
     model: tuple[str, ...] = ()
 
+    @classmethod
+    def given(cls, **values: Sequence[str] | None) -> SpendFilters:
+        """Filters from optional value lists, as a route's or a command's options arrive."""
+        return cls(**{dimension: tuple(found or ()) for dimension, found in values.items()})
+
 
 @dataclass(frozen=True, slots=True)
 class SpendRow:
