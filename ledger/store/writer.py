@@ -238,6 +238,9 @@ def append(
         for table, table_rows in rows.tables.items():
             if table_rows:
                 _insert_new(connection, table, arrow_table(table, _first_copies(table, table_rows)), dedup_horizon_s)
+        if rows.usage_events is not None:
+            usage = rows.usage_events.select(ARROW_SCHEMAS["usage_events"].names).cast(ARROW_SCHEMAS["usage_events"])
+            _insert_new(connection, "usage_events", usage, dedup_horizon_s)
         if rows.entry_batches:
             batches = pa.table(
                 {
