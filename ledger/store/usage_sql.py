@@ -226,9 +226,9 @@ def _simple(value: bytes) -> bool:
 
 
 def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageMessage], rows_of: RowsOf) -> pa.Table:
-    """The ``usage_events`` rows of ``messages`` in ``USAGE_COLUMNS`` order, each event_id
-    once (its first copy by message, then place). ``connection`` is any DuckDB connection
-    (the query reads only what it is given)."""
+    """The ``usage_events`` rows of ``messages`` in ``USAGE_COLUMNS`` order and in read
+    order (by message, then place); copies of an event are left to the writer, as with
+    ``usage_rows``. ``connection`` is any DuckDB connection: the query reads only what it is given."""
     candidates = [n for n, message in enumerate(messages) if _simple(message.value)]
     incoming = pa.table(
         {
@@ -251,19 +251,11 @@ def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageM
     for n, message in enumerate(messages):
         if n not in taken:
             slow_rows.extend((*row, n, place) for place, row in enumerate(rows_of(message), start=1))
-    schema = fast.schema
+    if not slow_rows:
+        return fast.select(list(USAGE_COLUMNS))  # in read order: a query with no ORDER BY keeps its input's
     slow = pa.Table.from_arrays(
-        [pa.array(column, type=schema.field(i).type) for i, column in enumerate(zip(*slow_rows, strict=True))]
-        if slow_rows
-        else [pa.array([], type=field.type) for field in schema],
-        schema=schema,
+        [pa.array(column, type=fast.schema.field(i).type) for i, column in enumerate(zip(*slow_rows, strict=True))],
+        schema=fast.schema,
     )
-    connection.register("usage_found", pa.concat_tables([fast, slow.cast(schema)]))
-    try:
-        columns = ", ".join(USAGE_COLUMNS)
-        return connection.execute(
-            f"SELECT {columns} FROM usage_found"
-            " QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ordinal, place) = 1 ORDER BY ordinal, place"
-        ).to_arrow_table()
-    finally:
-        connection.unregister("usage_found")
+    both = pa.concat_tables([fast, slow])
+    return both.sort_by([("ordinal", "ascending"), ("place", "ascending")]).select(list(USAGE_COLUMNS))

@@ -1,6 +1,7 @@
 """The projector's SQL path for usage messages agrees with the Python one (``usage_rows``,
 which validates with ``UsageEvent``): the same events stored, with the same fields, and
-every message the query does not take whole is left to the Python path."""
+every message the query does not take whole is left to the Python path. Copies of an
+event within a batch are dropped by the writer, first copy kept, on either path."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from ledger.store.records import usage_rows
 from ledger.store.usage_sql import UsageMessage, usage_table
-from ledger.store.writer import arrow_table
+from ledger.store.writer import _first_copies_of, arrow_table
 
 AT = "2025-11-03T09:00:00+00:00"
 RECEIVED_US = 1_762_160_400_123_000
@@ -47,13 +48,13 @@ def both_paths(connection: duckdb.DuckDBPyConnection, values: list[bytes]) -> tu
         slow.append(message)
         return python_rows(message)
 
-    table = usage_table(connection, messages, counted)
+    offered = usage_table(connection, messages, counted)
     expected_rows: dict[str, tuple[Any, ...]] = {}
     for message in messages:
         for row in python_rows(message):
-            expected_rows.setdefault(row[0], row)  # first copy wins
+            expected_rows.setdefault(row[0], row)  # first copy wins (the writer's _first_copies)
     expected = arrow_table("usage_events", list(expected_rows.values()))
-    return table.cast(expected.schema), expected, len(slow)
+    return _first_copies_of(offered.cast(expected.schema), "event_id"), expected, len(slow)
 
 
 def event(**fields: Any) -> dict[str, Any]:
