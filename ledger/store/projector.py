@@ -37,12 +37,11 @@ from ledger.store.records import (
     alert_row,
     command_row,
     dead_letter_row,
-    entry_batch,
     price_book_row,
     rate_limit_row,
     usage_rows,
 )
-from ledger.store.usage_sql import UsageMessage, usage_table
+from ledger.store.usage_sql import UsageMessage, entry_batches, usage_table
 from ledger.store.writer import append, stored_positions
 from ledger.topics import TopicNames, topic_names
 
@@ -108,7 +107,6 @@ class Projector:
         # Per partition: what turns the current log's offsets into stored source_offsets.
         self._offset_bases: dict[tuple[str, int], int] = {}
         self._rows_of: dict[str, Callable[[ConsumerRecord[bytes, bytes], int, StoreRows], None]] = {
-            self.names.ledger_entries: self._entries,
             self.names.budget_commands: self._command,
             self.names.budget_alerts: self._alert,
             self.names.prices: self._price_book,
@@ -231,6 +229,7 @@ class Projector:
         offset, and the fingerprint of the record before it."""
         rows = StoreRows()
         usage: list[UsageMessage] = []
+        entries: list[ConsumerRecord[bytes, bytes]] = []
         last_read: dict[tuple[str, int], ConsumerRecord[bytes, bytes]] = {}
         for record in records:
             key = (record.topic, record.partition)
@@ -238,6 +237,8 @@ class Projector:
                 received_at_us = record.timestamp * 1_000 if record.timestamp >= 0 else None
                 source_offset = self._offset_bases.get(key, 0) + record.offset
                 usage.append(UsageMessage(record.value, record.partition, source_offset, received_at_us))
+            elif record.value is not None and record.topic == self.names.ledger_entries:
+                entries.append(record)  # checked below, all at once
             elif record.value is not None:  # a compacted topic's tombstone carries nothing
                 try:
                     self._rows_of[record.topic](record, self._offset_bases.get(key, 0) + record.offset, rows)
@@ -248,6 +249,16 @@ class Projector:
                 last_read[key] = record
         if usage:
             rows.usage_events = usage_table(self._unpacker, usage, self._usage_rows)
+        if entries:
+            batches = entry_batches(self._unpacker, [record.value for record in entries if record.value is not None])
+            for record, batch in zip(entries, batches, strict=True):
+                if batch is None:  # not written by the ledger
+                    self.stats.skipped += 1
+                    log.warning(
+                        "skipped %s/%d@%d: not a batch of entries", record.topic, record.partition, record.offset
+                    )
+                else:
+                    rows.entry_batches.append(batch)
         next_offsets = {key: record.offset + 1 for key, record in last_read.items()}
         fingerprints = {key: record_fingerprint(record) for key, record in last_read.items()}
         return rows, (next_offsets, fingerprints)
@@ -274,10 +285,6 @@ class Projector:
             self.stats.skipped += 1
             log.warning("skipped %s/%d@%d: %r", self.names.usage, message.partition, message.offset, exc)
             return []
-
-    def _entries(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
-        assert record.value is not None
-        rows.entry_batches.append(entry_batch(record.value))
 
     def _command(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None
