@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import duckdb
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -36,11 +37,11 @@ from ledger.store.records import (
     alert_row,
     command_row,
     dead_letter_row,
-    entry_batch,
     price_book_row,
     rate_limit_row,
     usage_rows,
 )
+from ledger.store.usage_sql import UsageMessage, entry_batches, usage_table
 from ledger.store.writer import append, stored_positions
 from ledger.topics import TopicNames, topic_names
 
@@ -99,12 +100,13 @@ class Projector:
         self.count_tokens = count_tokens
         self.names = topic_names(settings.topic_prefix)
         self.stats = ProjectorStats()
+        # Unpacks usage messages (in memory, never the store): used by one batch's build at a time.
+        self._unpacker = duckdb.connect()
+        self._unpacker.execute("SET TimeZone = 'UTC'")
         self.lag_records = 0  # records on its topics not read yet (updated about once a second)
         # Per partition: what turns the current log's offsets into stored source_offsets.
         self._offset_bases: dict[tuple[str, int], int] = {}
         self._rows_of: dict[str, Callable[[ConsumerRecord[bytes, bytes], int, StoreRows], None]] = {
-            self.names.usage: self._usage,
-            self.names.ledger_entries: self._entries,
             self.names.budget_commands: self._command,
             self.names.budget_alerts: self._alert,
             self.names.prices: self._price_book,
@@ -226,10 +228,18 @@ class Projector:
         """Rows for every record of a batch, and where each partition read now is: the next
         offset, and the fingerprint of the record before it."""
         rows = StoreRows()
+        usage: list[UsageMessage] = []
+        entries: list[ConsumerRecord[bytes, bytes]] = []
         last_read: dict[tuple[str, int], ConsumerRecord[bytes, bytes]] = {}
         for record in records:
             key = (record.topic, record.partition)
-            if record.value is not None:  # a compacted topic's tombstone carries nothing
+            if record.value is not None and record.topic == self.names.usage:  # unpacked below, all at once
+                received_at_us = record.timestamp * 1_000 if record.timestamp >= 0 else None
+                source_offset = self._offset_bases.get(key, 0) + record.offset
+                usage.append(UsageMessage(record.value, record.partition, source_offset, received_at_us))
+            elif record.value is not None and record.topic == self.names.ledger_entries:
+                entries.append(record)  # checked below, all at once
+            elif record.value is not None:  # a compacted topic's tombstone carries nothing
                 try:
                     self._rows_of[record.topic](record, self._offset_bases.get(key, 0) + record.offset, rows)
                 except (ValueError, KeyError, TypeError) as exc:  # not written by the ledger
@@ -237,6 +247,18 @@ class Projector:
                     log.warning("skipped %s/%d@%d: %r", record.topic, record.partition, record.offset, exc)
             if key not in last_read or record.offset > last_read[key].offset:
                 last_read[key] = record
+        if usage:
+            rows.usage_events = usage_table(self._unpacker, usage, self._usage_rows)
+        if entries:
+            batches = entry_batches(self._unpacker, [record.value for record in entries if record.value is not None])
+            for record, batch in zip(entries, batches, strict=True):
+                if batch is None:  # not written by the ledger
+                    self.stats.skipped += 1
+                    log.warning(
+                        "skipped %s/%d@%d: not a batch of entries", record.topic, record.partition, record.offset
+                    )
+                else:
+                    rows.entry_batches.append(batch)
         next_offsets = {key: record.offset + 1 for key, record in last_read.items()}
         fingerprints = {key: record_fingerprint(record) for key, record in last_read.items()}
         return rows, (next_offsets, fingerprints)
@@ -249,18 +271,20 @@ class Projector:
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
+        if rows.usage_events is not None:
+            self.stats.rows["usage_events"] = self.stats.rows.get("usage_events", 0) + rows.usage_events.num_rows
         batches = self.stats.rows.get("ledger_entry_batches", 0)
         self.stats.rows["ledger_entry_batches"] = batches + len(rows.entry_batches)
 
-    def _usage(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
-        assert record.value is not None
-        received_at_us = record.timestamp * 1_000 if record.timestamp >= 0 else None
-        found = usage_rows(record.value, record.partition, source_offset, self.count_tokens, received_at_us)
-        rows.tables["usage_events"].extend(found)
-
-    def _entries(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
-        assert record.value is not None
-        rows.entry_batches.append(entry_batch(record.value))
+    def _usage_rows(self, message: UsageMessage) -> list[tuple[Any, ...]]:
+        """The Python path for a usage message the query did not take whole (``usage_sql``)."""
+        try:
+            count_tokens, received_at_us = self.count_tokens, message.received_at_us
+            return usage_rows(message.value, message.partition, message.offset, count_tokens, received_at_us)
+        except (ValueError, KeyError, TypeError) as exc:  # not written by the ledger
+            self.stats.skipped += 1
+            log.warning("skipped %s/%d@%d: %r", self.names.usage, message.partition, message.offset, exc)
+            return []
 
     def _command(self, record: ConsumerRecord[bytes, bytes], source_offset: int, rows: StoreRows) -> None:
         assert record.value is not None

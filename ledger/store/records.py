@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from pydantic import ValidationError
 
 from ledger.domain.admission import ADMISSION_STATES
@@ -124,10 +125,13 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 class StoreRows:
     """Rows for each table, in the order read; a row is a tuple in ``TABLE_COLUMNS`` order.
     Rows repeating a key (an event_id seen twice) are left to the insert to drop.
-    ``entry_batches`` holds ``ledger-entries`` messages as JSON text, unpacked by the writer."""
+    ``entry_batches`` holds ``ledger-entries`` messages as JSON text (``usage_sql.entry_batches``
+    checks their shape), unpacked by the writer;
+    ``usage_events``, usage rows already unpacked (``ledger.store.usage_sql``), each key once."""
 
     tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {name: [] for name in TABLE_COLUMNS})
     entry_batches: list[str] = field(default_factory=list)
+    usage_events: pa.Table | None = None
 
 
 def usage_rows(
@@ -174,16 +178,6 @@ def usage_rows(
             )
         )
     return rows
-
-
-def entry_batch(value: bytes) -> str:
-    """One ``ledger-entries`` message (a ``LedgerEntryBatch`` the worker wrote), kept as
-    JSON text: the writer unpacks every batch of a transaction at once in DuckDB, and drops
-    an entry that lacks a field it needs. Raises ValueError for what is not a batch."""
-    batch = orjson.loads(value)
-    if not isinstance(batch, dict) or not isinstance(batch.get("entries"), list):
-        raise ValueError("a ledger-entries record is an object with a list of entries")
-    return value.decode()
 
 
 def command_row(value: bytes, partition: int, offset: int) -> tuple[Any, ...] | None:

@@ -238,6 +238,9 @@ def append(
         for table, table_rows in rows.tables.items():
             if table_rows:
                 _insert_new(connection, table, arrow_table(table, _first_copies(table, table_rows)), dedup_horizon_s)
+        if rows.usage_events is not None:
+            usage = _first_copies_of(rows.usage_events.cast(ARROW_SCHEMAS["usage_events"]), "event_id")
+            _insert_new(connection, "usage_events", usage, dedup_horizon_s)
         if rows.entry_batches:
             batches = pa.table(
                 {
@@ -276,6 +279,15 @@ def _first_copies(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ..
     for row in rows:
         first.setdefault(tuple(row[place] for place in places), row)
     return list(first.values())
+
+
+def _first_copies_of(table: pa.Table, key: str) -> pa.Table:
+    """``table`` with each ``key`` once: its first row."""
+    if pc.count_distinct(table.column(key)).as_py() == table.num_rows:
+        return table  # the common case: no copies within a batch
+    numbered = table.append_column("row", pa.array(range(table.num_rows), pa.int64()))
+    firsts = numbered.group_by(key, use_threads=False).aggregate([("row", "min")]).column("row_min").combine_chunks()
+    return table.take(firsts.take(pc.sort_indices(firsts)))
 
 
 def _insert_new(connection: duckdb.DuckDBPyConnection, table: str, incoming: pa.Table, dedup_horizon_s: int) -> None:

@@ -1,0 +1,286 @@
+"""Usage messages into ``usage_events`` rows, unpacked in DuckDB: the projector's fast path
+(and the check that a ``ledger-entries`` record is a batch, ``entry_batches``).
+
+Validating each event with pydantic and building its row in Python cost ~60 us an event
+(bench.projector: 13,000 events/s, 40% of the projector's time in ``usage_rows`` and 15% in
+the garbage collector). The rules of a valid event keep their one home, ``UsageEvent``
+(through ``records.usage_rows``): this query only *accepts*, never refuses. A message is
+stored from here when every event in it passes a check that is stricter than the model
+(plain ASCII text with no escapes, the common shapes of every field, no reported cost, no
+text to count tokens from, each key once); any other message goes whole to
+``usage_rows``, which decides as before. So an event is stored exactly when it was stored
+before, with the same fields (tests/unit/test_usage_sql.py checks both paths agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ledger.domain.events import (
+    BATCH_EVENTS_MAX,
+    EVENT_ID_CHARS_MAX,
+    METADATA_KEYS_MAX,
+    METADATA_VALUE_CHARS_MAX,
+    MODEL_NAME_CHARS_MAX,
+    OCCURRED_AT_MAX,
+    OCCURRED_AT_MIN,
+    TAGS_MAX,
+    TOKENS_PER_FIELD_MAX,
+    UsageBatch,
+    UsageEvent,
+)
+from ledger.domain.scopes import GLOBAL_SCOPE, SCOPE_ID_MAX_CHARS
+from ledger.domain.wire import MESSAGE_BYTES_MAX
+from ledger.store.records import USAGE_COLUMNS
+
+_EVENT_KEYS = tuple(UsageEvent.model_fields)
+_BATCH_KEYS = tuple(UsageBatch.model_fields)
+_TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_INTEGER = "('UBIGINT', 'BIGINT')"
+# Texts here are printable ASCII without escapes (``_simple``): no control characters, and
+# the only white space is the space, so an id's length and ends are all there is to check.
+_TIME = (
+    "'[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?"
+    "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])'"
+)
+_NOT_NULL_WHEN_PRESENT = (
+    "schema_version",
+    "event_id",
+    "occurred_at",
+    "occurred_at_source",
+    "model",
+    "tags",
+    "metadata",
+)
+
+
+def _name(text: str, chars_max: int) -> str:
+    return f"len({text}) BETWEEN 1 AND {chars_max}"
+
+
+def _identifier(text: str) -> str:
+    return f"(len({text}) BETWEEN 1 AND {SCOPE_ID_MAX_CHARS} AND trim({text}) = {text})"
+
+
+def _text(field: str, check: str) -> str:
+    """A string field that is absent, JSON null, or a string that passes ``check``."""
+    return f"(e.{field} IS NULL OR (json_type(e.{field}) = 'VARCHAR' AND {check}))"
+
+
+def _value(field: str) -> str:
+    return f"CASE WHEN json_type(e.{field}) = 'VARCHAR' THEN e.{field} ->> '$' END"
+
+
+_BATCH_STRUCT = '{"schema_version": "JSON", "batch_id": "JSON", "events": ["JSON"]}'
+_EVENT_STRUCT = "{" + ", ".join(f'"{key}": "JSON"' for key in _EVENT_KEYS) + "}"
+_USAGE_STRUCT = "{" + ", ".join(f'"{key}": "JSON"' for key in _TOKEN_KEYS) + "}"
+_KEY_TUPLE = "(" + ", ".join(f"'{key}'" for key in _EVENT_KEYS) + ")"
+_BATCH_KEY_LIST = "[" + ", ".join(f"'{key}'" for key in _BATCH_KEYS) + "]"
+_TOKEN_KEY_TUPLE = "(" + ", ".join(f"'{key}'" for key in _TOKEN_KEYS) + ")"
+_TOKENS_OK = " AND ".join(
+    f"(u.{key} IS NULL OR (json_type(u.{key}) IN {_INTEGER}"
+    f" AND TRY_CAST(u.{key} AS UBIGINT) <= {TOKENS_PER_FIELD_MAX}))"
+    for key in _TOKEN_KEYS
+)
+_ABSENT_OR_NULL = " AND ".join(f"e.{key} IS NULL" for key in ("reported_cost", "input_text", "output_text"))
+_OPTIONAL_IDS = " AND ".join(
+    _text(key, _identifier(f"(e.{key} ->> '$')")) for key in ("user_id", "team_id", "key_id", "end_user")
+)
+_NAMES = " AND ".join(
+    _text(key, _name(f"(e.{key} ->> '$')", MODEL_NAME_CHARS_MAX)) for key in ("provider", "model_group")
+)
+# JSON null reads as SQL NULL: a key named with null is refused by the model for these fields.
+_PRESENT_NOT_NULL = " AND ".join(
+    f"(e.{key} IS NOT NULL OR NOT list_contains(keys, '{key}'))" for key in _NOT_NULL_WHEN_PRESENT
+)
+_USAGE_VALUES = " + ".join(f"(u.{key} IS NOT NULL)::INTEGER" for key in _TOKEN_KEYS)
+
+_USAGE_ROWS = f"""
+WITH messages AS (  -- keys: NULL when the value is not JSON, empty when not an object
+    SELECT ordinal, source_partition, source_offset, received_at, value, try(json_keys(value)) AS keys
+    FROM usage_messages
+), envelopes AS (
+    SELECT *, CASE WHEN list_contains(keys, 'batch_id') THEN from_json(value, '{_BATCH_STRUCT}') END AS batch
+    FROM messages WHERE keys IS NOT NULL
+), listed AS (
+    SELECT ordinal, source_partition, source_offset, received_at,
+           CASE WHEN batch IS NULL THEN [value::JSON]
+                WHEN list_unique(keys) = len(keys) AND list_has_all({_BATCH_KEY_LIST}, keys)
+                     AND json_type(batch.batch_id) = 'VARCHAR' AND len(batch.batch_id ->> '$') >= 1
+                     AND (batch.schema_version IS NULL OR (json_type(batch.schema_version) IN {_INTEGER}
+                          AND TRY_CAST(batch.schema_version AS UBIGINT) = 1))
+                     AND len(batch.events) BETWEEN 1 AND {BATCH_EVENTS_MAX}
+                THEN batch.events END AS events
+    FROM envelopes
+), raw_events AS (
+    SELECT ordinal, source_partition, source_offset, received_at,
+           unnest(events) AS event, generate_subscripts(events, 1) AS place
+    FROM listed WHERE events IS NOT NULL
+), parsed AS (  -- an event that is not an object has no keys, and is not taken
+    SELECT *, json_keys(event) AS keys, from_json(event, '{_EVENT_STRUCT}') AS e
+    FROM raw_events
+), parts AS (
+    SELECT *,
+           CASE WHEN json_type(e.usage) = 'OBJECT' THEN from_json(e.usage, '{_USAGE_STRUCT}') END AS u,
+           CASE WHEN json_type(e.usage) = 'OBJECT' THEN json_keys(e.usage) END AS usage_keys,
+           CASE WHEN json_type(e.metadata) = 'OBJECT' THEN json_keys(e.metadata) END AS metadata_keys,
+           CASE WHEN json_type(e.tags) = 'ARRAY' THEN from_json(e.tags, '["JSON"]') END AS tag_list
+    FROM parsed
+), timed AS (
+    SELECT *,
+           CASE WHEN NOT list_contains(keys, 'occurred_at') THEN received_at
+                WHEN json_type(e.occurred_at) = 'VARCHAR' AND regexp_full_match(e.occurred_at ->> '$', {_TIME})
+                THEN TRY_CAST(e.occurred_at ->> '$' AS TIMESTAMPTZ) END AS occurred,
+           CASE WHEN NOT list_contains(keys, 'occurred_at') THEN 'received'
+                ELSE coalesce(e.occurred_at_source ->> '$', 'event') END AS occurred_source,
+           CASE WHEN tag_list IS NOT NULL THEN list_transform(tag_list, lambda tag: tag ->> '$') END AS tag_texts
+    FROM parts
+), checked AS (
+    SELECT *, len(keys) > 0 AND list_unique(keys) = len(keys)
+        AND list_bool_and(list_transform(keys, lambda key: key IN {_KEY_TUPLE})) AND {_PRESENT_NOT_NULL}
+        AND (e.schema_version IS NULL
+             OR (json_type(e.schema_version) IN {_INTEGER} AND TRY_CAST(e.schema_version AS UBIGINT) = 1))
+        AND json_type(e.event_id) = 'VARCHAR'
+        AND {_name("(e.event_id ->> '$')", EVENT_ID_CHARS_MAX)}
+        AND occurred IS NOT NULL
+        AND occurred >= '{OCCURRED_AT_MIN.isoformat()}'::TIMESTAMPTZ
+        AND occurred < '{OCCURRED_AT_MAX.isoformat()}'::TIMESTAMPTZ
+        AND (NOT list_contains(keys, 'occurred_at') OR e.occurred_at_source IS NULL
+             OR (json_type(e.occurred_at_source) = 'VARCHAR'
+                 AND (e.occurred_at_source ->> '$') IN ('event', 'received')))
+        AND json_type(e.model) = 'VARCHAR' AND {_name("(e.model ->> '$')", MODEL_NAME_CHARS_MAX)}
+        AND {_NAMES} AND {_OPTIONAL_IDS}
+        AND (e.tags IS NULL OR (tag_list IS NOT NULL AND len(tag_list) <= {TAGS_MAX}
+             AND list_bool_and(list_transform(tag_list, lambda tag: coalesce(json_type(tag) = 'VARCHAR', false)))
+             AND list_bool_and(list_transform(tag_texts, lambda tag: {_identifier("tag")}))
+             AND len(list_distinct(tag_texts)) = len(tag_texts)))
+        AND u IS NOT NULL AND list_unique(usage_keys) = len(usage_keys)
+        AND list_bool_and(list_transform(usage_keys, lambda key: key IN {_TOKEN_KEY_TUPLE}))
+        AND len(usage_keys) = {_USAGE_VALUES}
+        AND {_TOKENS_OK}
+        AND coalesce(TRY_CAST(u.cache_read_tokens AS UBIGINT), 0)
+            + coalesce(TRY_CAST(u.cache_write_tokens AS UBIGINT), 0)
+            <= coalesce(TRY_CAST(u.prompt_tokens AS UBIGINT), 0)
+        AND coalesce(TRY_CAST(u.reasoning_tokens AS UBIGINT), 0)
+            <= coalesce(TRY_CAST(u.completion_tokens AS UBIGINT), 0)
+        AND {_ABSENT_OR_NULL}
+        AND (e.metadata IS NULL OR (metadata_keys IS NOT NULL AND len(metadata_keys) <= {METADATA_KEYS_MAX}
+             AND len(metadata_keys) = len(list_distinct(metadata_keys))
+             AND list_bool_and(list_transform(metadata_keys, lambda key: len(key) BETWEEN 1 AND 128
+                 AND (json_type(e.metadata, key) IN ('UBIGINT', 'BIGINT', 'BOOLEAN', 'NULL')
+                      OR (json_type(e.metadata, key) = 'VARCHAR'
+                          AND len(e.metadata ->> key) <= {METADATA_VALUE_CHARS_MAX})))))) AS ok
+    FROM timed
+), judged AS (
+    SELECT *, coalesce(ok, false) AS event_ok FROM checked
+)
+SELECT (e.event_id ->> '$') AS event_id, occurred AS occurred_at, (e.model ->> '$') AS model,
+       {_value("provider")} AS provider,
+       {_value("user_id")} AS user_id, {_value("team_id")} AS team_id, {_value("key_id")} AS key_id,
+       {_value("end_user")} AS end_user, coalesce(tag_texts, []::VARCHAR[]) AS tags,
+       list_concat(['{GLOBAL_SCOPE}'],
+                   list_filter(['user:' || {_value("user_id")}, 'team:' || {_value("team_id")},
+                                'key:' || {_value("key_id")}, 'end_user:' || {_value("end_user")}],
+                               lambda key: key IS NOT NULL),
+                   list_transform(coalesce(tag_texts, []::VARCHAR[]), lambda tag: 'tag:' || tag)) AS scope_keys,
+       coalesce(TRY_CAST(u.prompt_tokens AS BIGINT), 0) AS prompt_tokens,
+       coalesce(TRY_CAST(u.completion_tokens AS BIGINT), 0) AS completion_tokens,
+       coalesce(TRY_CAST(u.cache_read_tokens AS BIGINT), 0) AS cache_read_tokens,
+       coalesce(TRY_CAST(u.cache_write_tokens AS BIGINT), 0) AS cache_write_tokens,
+       coalesce(TRY_CAST(u.reasoning_tokens AS BIGINT), 0) AS reasoning_tokens,
+       true AS has_usage, false AS tokens_estimated, NULL::BIGINT AS reported_cost_nanos,
+       CASE WHEN len(metadata_keys) > 0 THEN json(e.metadata)::VARCHAR END AS metadata,
+       source_partition, source_offset, received_at, occurred_source AS occurred_at_source,
+       {_value("model_group")} AS model_group, ordinal, place, event_ok
+FROM judged
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageMessage:
+    """One ``usage`` record to unpack: its value, where it was read, and when it reached the log."""
+
+    value: bytes
+    partition: int
+    offset: int
+    received_at_us: int | None
+
+
+# The Python path, for the messages this query does not take whole (``records.usage_rows``).
+RowsOf = Callable[[UsageMessage], list[tuple[Any, ...]]]
+
+_UTC = pa.timestamp("us", tz="UTC")
+
+
+_PRINTABLE_NO_BACKSLASH = bytes(range(0x20, 0x7F)).replace(b"\\", b"")
+
+
+def _simple(value: bytes) -> bool:
+    """Printable ASCII with no backslash (so no escapes), within the message size limit."""
+    return len(value) <= MESSAGE_BYTES_MAX and not value.translate(None, _PRINTABLE_NO_BACKSLASH)
+
+
+def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageMessage], rows_of: RowsOf) -> pa.Table:
+    """The ``usage_events`` rows of ``messages`` in ``USAGE_COLUMNS`` order and in read
+    order (by message, then place); copies of an event are left to the writer, as with
+    ``usage_rows``. ``connection`` is any DuckDB connection: the query reads only what it is given."""
+    candidates = [n for n, message in enumerate(messages) if _simple(message.value)]
+    incoming = pa.table(
+        {
+            "ordinal": pa.array(candidates, pa.int64()),
+            "source_partition": pa.array([messages[n].partition for n in candidates], pa.int32()),
+            "source_offset": pa.array([messages[n].offset for n in candidates], pa.int64()),
+            "received_at": pa.array([messages[n].received_at_us for n in candidates], pa.int64()).cast(_UTC),
+            "value": pa.array([messages[n].value for n in candidates], pa.string()),
+        }
+    )
+    connection.register("usage_messages", incoming)
+    try:
+        found = connection.execute(_USAGE_ROWS).to_arrow_table()
+    finally:
+        connection.unregister("usage_messages")
+    refused = pc.unique(found.filter(pc.invert(found.column("event_ok"))).column("ordinal"))
+    fast = found.filter(pc.invert(pc.is_in(found.column("ordinal"), value_set=refused))).drop_columns(["event_ok"])
+    taken = set(pc.unique(fast.column("ordinal")).to_pylist())
+    slow_rows: list[tuple[Any, ...]] = []
+    for n, message in enumerate(messages):
+        if n not in taken:
+            slow_rows.extend((*row, n, place) for place, row in enumerate(rows_of(message), start=1))
+    if not slow_rows:
+        return fast.select(list(USAGE_COLUMNS))  # in read order: a query with no ORDER BY keeps its input's
+    slow = pa.Table.from_arrays(
+        [pa.array(column, type=fast.schema.field(i).type) for i, column in enumerate(zip(*slow_rows, strict=True))],
+        schema=fast.schema,
+    )
+    both = pa.concat_tables([fast, slow])
+    return both.sort_by([("ordinal", "ascending"), ("place", "ascending")]).select(list(USAGE_COLUMNS))
+
+
+def entry_batches(connection: duckdb.DuckDBPyConnection, values: Sequence[bytes]) -> list[str | None]:
+    """Each ``ledger-entries`` message (a ``LedgerEntryBatch`` the worker wrote) as JSON
+    text for the writer to unpack, or None for one that is not a JSON object with a list of
+    entries. Checked in DuckDB: reading each batch into Python objects (orjson) only to
+    look at its shape cost 15% of the projector's build (bench.projector)."""
+    texts = [_utf8(value) for value in values]
+    connection.register("entry_messages", pa.table({"batch": pa.array(texts, pa.string())}))
+    try:
+        shapes = connection.execute(
+            "SELECT coalesce(try(json_type(batch) = 'OBJECT' AND json_type(batch, '$.entries') = 'ARRAY'), false)"
+            " FROM entry_messages"
+        ).fetchall()
+    finally:
+        connection.unregister("entry_messages")
+    return [text if is_batch else None for text, (is_batch,) in zip(texts, shapes, strict=True)]
+
+
+def _utf8(value: bytes) -> str | None:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return None
