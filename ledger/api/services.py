@@ -146,10 +146,14 @@ class ApiServices:
         self._resources.close()
 
     def reader(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own onto the store, for one request (reads see committed rows)."""
+        """A connection of its own onto the store, for one request: its reads see one
+        snapshot, whole projector commits only, however many statements it runs (closing
+        it ends the transaction)."""
         if self.store is None:
             raise RuntimeError("the store is not open")
-        return cursor(self.store)
+        own = cursor(self.store)
+        own.execute("BEGIN TRANSACTION")
+        return own
 
     # -- publishing ------------------------------------------------------------------
 
