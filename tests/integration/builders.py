@@ -11,7 +11,10 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import price_event
@@ -19,6 +22,7 @@ from ledger.domain.snapshots import BudgetSnapshot
 from ledger.pricebooks.genai import genai_prices_book
 from streams.codec import partition_of
 from tests.integration.conftest import Ledger
+from tests.stores import let_the_catalog_server_through
 
 MakeLedger = Callable[..., Ledger]
 T = TypeVar("T")
@@ -114,6 +118,14 @@ def run_bench(main: Callable[[list[str]], dict[str, Any]], argv: list[str]) -> t
     with contextlib.redirect_stdout(printed):
         returned = main(argv)
     return printed.getvalue(), returned
+
+
+def bench_work_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh work directory for a benchmark whose store's catalog server may run as
+    another user (tests/stores.py): the folders above it let that user through."""
+    folder = tmp_path_factory.mktemp(name)
+    let_the_catalog_server_through(folder)
+    return folder
 
 
 def last_json_line(printed: str) -> dict[str, Any]:

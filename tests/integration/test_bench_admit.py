@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.admit import main
-from tests.integration.builders import last_json_line, run_bench
+from tests.integration.builders import bench_work_dir, last_json_line, run_bench
 
 TINY = ["--rate", "50", "--seconds", "2", "--warmup-seconds", "0.5", "--keys", "50", "--teams", "5"]
 TINY += ["--models", "3", "--partitions", "2"]
@@ -21,7 +21,7 @@ COUNT_FIELDS = ("admits", "admitted", "refused_budget", "refused_rate", "release
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One tiny run of the benchmark: what it printed and what it returned."""
-    return run_bench(main, [*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-admit"))])
+    return run_bench(main, [*TINY, "--work-dir", str(bench_work_dir(tmp_path_factory, "bench-admit"))])
 
 
 @pytest.mark.timeout(600)

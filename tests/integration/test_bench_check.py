@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench.check import main
-from tests.integration.builders import last_json_line, run_bench
+from tests.integration.builders import bench_work_dir, last_json_line, run_bench
 
 TINY = ["--rate", "50", "--seconds", "2", "--warmup-seconds", "0.5", "--teams", "20", "--users", "40"]
 TINY += ["--keys", "100", "--usage-events", "200", "--over-share", "0.3", "--partitions", "2"]
@@ -19,7 +19,7 @@ LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "healthz_p5
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One tiny run of the benchmark: what it printed and what it returned."""
-    return run_bench(main, [*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-check"))])
+    return run_bench(main, [*TINY, "--work-dir", str(bench_work_dir(tmp_path_factory, "bench-check"))])
 
 
 @pytest.mark.timeout(600)

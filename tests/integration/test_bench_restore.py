@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench.restore import main
-from tests.integration.builders import last_json_line, run_bench
+from tests.integration.builders import bench_work_dir, last_json_line, run_bench
 
 EVENTS = 3_000
 TINY = ["--events", str(EVENTS), "--live-events", "500", "--partitions", "2"]
@@ -25,7 +25,7 @@ FIELDS = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One tiny run of the benchmark: what it printed and what it returned."""
-    return run_bench(main, [*TINY, "--work-dir", str(tmp_path_factory.mktemp("bench-restore"))])
+    return run_bench(main, [*TINY, "--work-dir", str(bench_work_dir(tmp_path_factory, "bench-restore"))])
 
 
 @pytest.mark.timeout(600)
