@@ -12,8 +12,9 @@ console = Console(width=max(Console().width, 132))
 
 
 def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr; raise the returned exit (code 2)."""
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    """Print ``error: message`` to stderr; raise the returned exit (code 2). Not wrapped:
+    a path in it stays whole to copy (Rich folds at 80 columns off a terminal, mid-word)."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}")
     return typer.Exit(code=2)
 
 

@@ -132,7 +132,7 @@ def test_publish_refuses_a_bad_line_then_check_turns_from_0_to_1(stack: Stack, t
     assert refused.exit_code == 2
     assert f"{bad_file}:2: model: Field required" in refused.output
     assert f"{bad_file}:4: not JSON" in refused.output
-    assert f"2 invalid lines in {bad_file}; nothing was published" in said(refused)
+    assert f"2 invalid lines in {bad_file}; nothing was published" in refused.output  # one line, path whole
     assert stack.usage_records() == before
 
     good_file = tmp_path / "good.jsonl"
