@@ -239,7 +239,8 @@ WITH parsed AS (
            CASE WHEN NOT is_batch THEN from_json(value, '{json.dumps(_PLAIN_EVENT)}') END AS single,
            len(json_keys(value)) + CASE
                WHEN is_batch THEN list_sum(list_transform(json_keys(value, '$.events[*]'), lambda keys: len(keys)))
-                   + coalesce(list_sum(list_transform(json_keys(value, '$.events[*].usage'), lambda keys: len(keys))), 0)
+                   + coalesce(list_sum(list_transform(json_keys(value, '$.events[*].usage'),
+                                                      lambda keys: len(keys))), 0)
                ELSE coalesce(len(json_keys(value, '$.usage')), 0) END AS keys_given
     FROM usage_messages
 ), listed AS (
@@ -330,6 +331,7 @@ def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageM
     A message goes whole to the first of three paths that takes every event in it: the
     plain one (``_PLAIN_ROWS``), the general query (``_USAGE_ROWS``), ``rows_of``."""
     simple = [n for n, message in enumerate(messages) if _simple(message.value)]
+    # no JSON null: no "null" anywhere in the text (one in a string sends it on, which is safe)
     plain = _plain_shapes(connection, messages, [n for n in simple if b"null" not in messages[n].value])
     parts = [_taken(connection, _PLAIN_ROWS, messages, plain)]
     taken = set(pc.unique(parts[0].column("ordinal")).to_pylist())
