@@ -354,10 +354,10 @@ def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageM
             )
         )
     found = [part for part in parts if part.num_rows]
-    if len(found) <= 1:
-        return parts[0].select(list(USAGE_COLUMNS)) if not found else found[0].select(list(USAGE_COLUMNS))
-    both = pa.concat_tables(found)
-    return both.sort_by([("ordinal", "ascending"), ("place", "ascending")]).select(list(USAGE_COLUMNS))
+    if len(found) <= 1:  # in read order: a query with no ORDER BY keeps its input's
+        return (found or parts)[0].select(list(USAGE_COLUMNS))
+    joined = pa.concat_tables(found)
+    return joined.sort_by([("ordinal", "ascending"), ("place", "ascending")]).select(list(USAGE_COLUMNS))
 
 
 def _plain_shapes(
