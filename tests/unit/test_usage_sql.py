@@ -112,6 +112,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bool_token_count": event(usage={"prompt_tokens": True}),
     "negative_tokens": event(usage={"prompt_tokens": -1}),
     "too_many_tokens": event(usage={"prompt_tokens": 100_000_001}),
+    "largest_token_counts": event(usage={"prompt_tokens": 2**64 - 1, "cache_read_tokens": 2**64 - 1}),
+    "empty_tags": event(tags=[]),
+    "empty_usage": event(usage={}),
+    "digits_for_text": event(user_id="12", tags=["7"]),
     "cache_over_prompt": event(usage={"prompt_tokens": 1, "cache_read_tokens": 2}),
     "reasoning_over_completion": event(usage={"completion_tokens": 1, "reasoning_tokens": 2}),
     "unknown_usage_key": event(usage={"prompt_tokens": 1, "other": 2}),
@@ -196,6 +200,11 @@ def test_the_sql_path_takes_a_well_formed_batch_whole(connection: duckdb.DuckDBP
         b'{"batch_id": "", "events": [{"event_id": "e1", "occurred_at": "2025-11-03T09:00:00Z", "model": "m",'
         b' "usage": {"prompt_tokens": 1}}]}',
         b'{"batch_id": "b", "events": []}',
+        b'{"batch_id": "b", "events": [{"event_id": "e1", "occurred_at": "2025-11-03T09:00:00Z", "model": "m",'
+        b' "usage": {"prompt_tokens": 1}}, {"event_id": "e2", "model": "m", "model": "n",'
+        b' "usage": {"completion_tokens": 1, "completion_tokens": 2}}]}',
+        b'{"batch_id": "b", "events": [{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1}}, "e2"]}',
+        b'{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1}, "usage": {"prompt_tokens": 2}}',
         b'{"batch_id": "b", "events": {"event_id": "e1"}}',
         b'{"batch_id": "b", "schema_version": 2, "events": [{"event_id": "e1", "occurred_at": "2025-11-03T09:00:00Z",'
         b' "model": "m", "usage": {"prompt_tokens": 1}}]}',
