@@ -127,11 +127,7 @@ def replay(
     _load_segments(connection, segments, options.as_of)
     _load_names(connection)
     on_stage("windows")
-    connection.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-    try:
-        _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
-    finally:
-        connection.execute("RESET disabled_optimizers")
+    _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
     on_stage("states")
 
     window_spend: dict[tuple[str, str, int, int], int] = {}

@@ -210,49 +210,47 @@ GROUP BY tag
 """
 
 _ON_SEGMENT = "c.t_us >= s.start_us AND c.t_us < s.end_us AND (s.model IS NULL OR s.model_code = c.model_code)"
-_PLACED_COLUMNS = "s.segment_id, s.anchor_us, s.step_us, s.rule_id, c.t_us, c.cost_nanos, 1 AS points"
+_WINDOW_US = """CASE WHEN s.rule_id IS NOT NULL THEN greatest(s.anchor_us, b.start_us)
+            WHEN s.step_us IS NULL THEN s.anchor_us
+            ELSE s.anchor_us + ((c.t_us - s.anchor_us) // s.step_us) * s.step_us END"""
+_ON_BOUNDARY = (
+    "s.rule_id = b.rule_id AND b.utc_day = c.t_us // 86400000000 AND c.t_us >= b.start_us AND c.t_us < b.end_us"
+)
 
 
-def _placed() -> str:
-    """Each charge on each limit segment of each scope it charges, at its time."""
-    parts = [
-        f"SELECT {_PLACED_COLUMNS} FROM replay_charged c "
-        f"JOIN replay_segments s ON s.scope_kind = 'global' AND s.scope_id = c.global_id AND {_ON_SEGMENT}"
-    ]
+def _placed(charges: str, on_segment: str) -> str:
+    """Spend and points per (segment, window) of the charges on the segments they join."""
+    return f"""
+SELECT s.segment_id, {_WINDOW_US} AS window_us, sum(c.cost_nanos) AS spend_nanos, count(*) AS points
+FROM {charges} c JOIN replay_segments s ON {on_segment}
+LEFT JOIN replay_boundaries b ON {_ON_BOUNDARY}
+GROUP BY ALL"""
+
+
+def _windows() -> str:
+    """Each charge on each limit segment of each scope it charges, added up per window:
+    a kind at a time (small hash tables), then together."""
+    parts = [_placed("replay_charged", f"s.scope_kind = 'global' AND s.scope_id = c.global_id AND {_ON_SEGMENT}")]
     for kind, column in _CODE_COLUMNS.items():
-        parts.append(
-            f"SELECT {_PLACED_COLUMNS} FROM replay_charged c "
-            f"JOIN replay_segments s ON s.scope_kind = '{kind}' AND s.scope_code = c.{column} AND {_ON_SEGMENT}"
-        )
-    parts.append(
-        f"SELECT {_PLACED_COLUMNS} FROM (SELECT *, unnest(tags) AS tag FROM replay_charged WHERE len(tags) > 0) c "
-        f"JOIN replay_segments s ON s.scope_kind = 'tag' AND s.scope_id = c.tag AND {_ON_SEGMENT}"
-    )
+        on_scope = f"s.scope_kind = '{kind}' AND s.scope_code = c.{column}"
+        parts.append(_placed("replay_charged", f"{on_scope} AND {_ON_SEGMENT}"))
+    tagged = "(SELECT *, unnest(tags) AS tag FROM replay_charged WHERE len(tags) > 0)"
+    parts.append(_placed(tagged, f"s.scope_kind = 'tag' AND s.scope_id = c.tag AND {_ON_SEGMENT}"))
     # A limit changed in place is checked at the command's own time, with what its window
     # has spent so far (a point of no cost).
-    parts.append(
-        "SELECT s.segment_id, s.anchor_us, s.step_us, s.rule_id, s.start_us, 0, 1 FROM replay_segments s "
-        "WHERE s.checks_at_start AND s.start_us <= $as_of_us"
-    )
+    checks = "(SELECT segment_id, start_us AS t_us, 0 AS cost_nanos FROM replay_segments)"
+    parts.append(_placed(checks, "s.segment_id = c.segment_id AND s.checks_at_start AND s.start_us <= $as_of_us"))
     return "\nUNION ALL\n".join(parts)
 
 
 # Spend per (segment, window), then cumulated over a window's segments in time order.
-# Run with the join-order optimizer off: the joins are written with the small side
-# (segments, boundaries) to build on, which DuckDB cannot tell across a positional scan.
 # Within a window spend only grows (replayed costs are never negative), so a threshold of
 # a segment was crossed exactly when the window's spend at the segment's end passes it and
 # the segment has a point in that window (a charge, or its own check).
 WINDOWS = f"""
 CREATE OR REPLACE TEMP TABLE replay_segment_windows AS
-SELECT p.segment_id,
-       CASE WHEN p.rule_id IS NOT NULL THEN greatest(p.anchor_us, b.start_us)
-            WHEN p.step_us IS NULL THEN p.anchor_us
-            ELSE p.anchor_us + ((p.t_us - p.anchor_us) // p.step_us) * p.step_us END AS window_us,
-       sum(p.cost_nanos)::BIGINT AS spend_nanos, sum(p.points)::BIGINT AS points
-FROM ({_placed()}) p
-LEFT JOIN replay_boundaries b
-  ON p.rule_id = b.rule_id AND b.utc_day = p.t_us // 86400000000 AND p.t_us >= b.start_us AND p.t_us < b.end_us
+SELECT segment_id, window_us, sum(spend_nanos)::BIGINT AS spend_nanos, sum(points)::BIGINT AS points
+FROM ({_windows()})
 GROUP BY ALL;
 
 CREATE OR REPLACE TEMP TABLE replay_window_spend AS
