@@ -95,22 +95,14 @@ def replay(
     on_stage("events")
     _select_events(connection, options, as_of_us)
     on_stage("pricing")
-    references = connection.execute(
-        "SELECT model, provider, min(occurred_at), max(occurred_at) FROM replay_events GROUP BY ALL"
-    ).fetchall()
-    connection.register("replay_prices_arrow", price_intervals(options.book, references))
-    connection.execute(sql.PRICES)
-    connection.unregister("replay_prices_arrow")
-    keeps_charged = options.reprice_from is not None or options.reprice_to is not None
-    _run(
-        connection,
-        sql.costs(keeps_charged),
-        {
-            "trust": options.trust_reported_cost,
-            "from_us": None if options.reprice_from is None else epoch_us(options.reprice_from),
-            "to_us": None if options.reprice_to is None else epoch_us(options.reprice_to),
-        },
-    )
+    if (
+        options.reprice_from is not None
+        and options.reprice_to is not None
+        and options.reprice_from >= options.reprice_to
+    ):
+        connection.execute(sql.KEPT_COSTS)
+    else:
+        _price(connection, options)
     (unpriced_now,) = connection.execute(
         "SELECT count(*) FROM replay_costs WHERE cost_nanos IS NULL AND status != 'kept'"
     ).fetchall()[0]
@@ -159,6 +151,26 @@ def replay(
         events=events,
         charged=charged,
         unpriced=unpriced,
+    )
+
+
+def _price(connection: duckdb.DuckDBPyConnection, options: ReplayOptions) -> None:
+    """``replay_costs`` with the events in the repricing range priced under the book."""
+    references = connection.execute(
+        "SELECT model, provider, min(occurred_at), max(occurred_at) FROM replay_events GROUP BY ALL"
+    ).fetchall()
+    connection.register("replay_prices_arrow", price_intervals(options.book, references))
+    connection.execute(sql.PRICES)
+    connection.unregister("replay_prices_arrow")
+    keeps_charged = options.reprice_from is not None or options.reprice_to is not None
+    _run(
+        connection,
+        sql.costs(keeps_charged),
+        {
+            "trust": options.trust_reported_cost,
+            "from_us": None if options.reprice_from is None else epoch_us(options.reprice_from),
+            "to_us": None if options.reprice_to is None else epoch_us(options.reprice_to),
+        },
     )
 
 

@@ -83,6 +83,8 @@ def _status(status: str) -> str:
     return f"CAST('{status}' AS {_STATUS_TYPE})"
 
 
+_CODED = {**SCOPE_COLUMNS, "model": "model"}
+_CODES = ", ".join(f"{code('u.' + column)} AS {kind}_code" for kind, column in _CODED.items())
 CHARGED_BY_EVENT = "SELECT event_id, sum(cost_nanos)::BIGINT AS charged_nanos FROM ledger_entries GROUP BY event_id"
 
 
@@ -100,9 +102,7 @@ CREATE OR REPLACE TEMP TABLE replay_costs AS
 WITH rated AS (
     SELECT u.row_id, u.t_us, u.prompt_tokens, u.completion_tokens, u.cache_read_tokens, u.cache_write_tokens,
            u.reasoning_tokens, u.has_usage, u.tokens_estimated, u.reported_cost_nanos,
-           {code("u.model")} AS model_code, {code("u.user_id")} AS user_code, {code("u.team_id")} AS team_code,
-           {code("u.key_id")} AS key_code, {code("u.end_user")} AS end_user_code, u.tags,
-           {"k.charged_nanos" if keeps_charged else "NULL"} AS charged_nanos, {_RATE_COLUMNS}
+           {_CODES}, u.tags, {"k.charged_nanos" if keeps_charged else "NULL"} AS charged_nanos, {_RATE_COLUMNS}
     FROM replay_events u
     LEFT JOIN replay_prices p
       ON p.model = u.model AND p.provider_key = coalesce(u.provider, '') AND p.utc_day = u.t_us // 86400000000
@@ -148,6 +148,13 @@ FROM priced
 """
 
 
+# Nothing priced anew (an empty repricing range: a restore): every event keeps its charge.
+KEPT_COSTS = f"""
+CREATE OR REPLACE TEMP TABLE replay_costs AS
+SELECT u.row_id, u.t_us, {_CODES}, u.tags, {_status("kept")} AS status, k.charged_nanos AS cost_nanos
+FROM replay_events u LEFT JOIN ({CHARGED_BY_EVENT}) k ON k.event_id = u.event_id
+"""
+
 # Events priced anew but not priced (the book has no price, or nothing to price) keep what
 # the ledger charged them: never a $0 charge for a price that went missing.
 KEEP_CHARGED = f"""
@@ -166,8 +173,6 @@ SELECT t_us, model_code, user_code, team_code, key_code, end_user_code, tags, co
 FROM replay_costs
 WHERE cost_nanos IS NOT NULL
 """
-
-_CODED = {**SCOPE_COLUMNS, "model": "model"}
 
 # The names behind the codes: every value of the coded columns in the events and the
 # segments. A code two names share would merge their charges: NAMES_SHARING_A_CODE finds
