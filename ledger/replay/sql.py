@@ -74,18 +74,18 @@ def _sum_of(part: str) -> str:
 
 _PARTS = ("nanos", "femtos", "yoctos")
 _RATE_COLUMNS = ", ".join(["p.priced", *(f"p.{kind}_{part}" for kind in _RATED for part in _PARTS)])
-STATUSES = ("price_book", "reported", "invalid_usage", "unpriced", "kept")
-_STATUS_TYPE = f"ENUM({', '.join(repr(status) for status in STATUSES)})"
+_STATUSES = ("price_book", "reported", "invalid_usage", "unpriced", "kept")
+_STATUS_TYPE = f"ENUM({', '.join(repr(status) for status in _STATUSES)})"
 
 
 def _status(status: str) -> str:
-    assert status in STATUSES
+    assert status in _STATUSES
     return f"CAST('{status}' AS {_STATUS_TYPE})"
 
 
 _CODED = {**SCOPE_COLUMNS, "model": "model"}
 _CODES = ", ".join(f"{code('u.' + column)} AS {kind}_code" for kind, column in _CODED.items())
-CHARGED_BY_EVENT = "SELECT event_id, sum(cost_nanos)::BIGINT AS charged_nanos FROM ledger_entries GROUP BY event_id"
+_CHARGED_BY_EVENT = "SELECT event_id, sum(cost_nanos)::BIGINT AS charged_nanos FROM ledger_entries GROUP BY event_id"
 
 
 def costs(keeps_charged: bool) -> str:
@@ -108,7 +108,7 @@ WITH rated AS (
       ON p.model = u.model AND p.provider_key = coalesce(u.provider, '') AND p.utc_day = u.t_us // 86400000000
      AND u.t_us >= p.start_us AND u.t_us < p.end_us
      AND u.prompt_tokens > p.prompt_above AND u.prompt_tokens <= p.prompt_upto
-    {f"LEFT JOIN ({CHARGED_BY_EVENT}) k ON k.event_id = u.event_id" if keeps_charged else ""}
+    {f"LEFT JOIN ({_CHARGED_BY_EVENT}) k ON k.event_id = u.event_id" if keeps_charged else ""}
 ),
 parts AS (
     SELECT row_id, t_us, model_code, user_code, team_code, key_code, end_user_code, tags, charged_nanos,
@@ -152,7 +152,7 @@ FROM priced
 KEPT_COSTS = f"""
 CREATE OR REPLACE TEMP TABLE replay_costs AS
 SELECT u.row_id, u.t_us, {_CODES}, u.tags, {_status("kept")} AS status, k.charged_nanos AS cost_nanos
-FROM replay_events u LEFT JOIN ({CHARGED_BY_EVENT}) k ON k.event_id = u.event_id
+FROM replay_events u LEFT JOIN ({_CHARGED_BY_EVENT}) k ON k.event_id = u.event_id
 """
 
 # Events priced anew but not priced (the book has no price, or nothing to price) keep what
@@ -161,7 +161,8 @@ KEEP_CHARGED = f"""
 UPDATE replay_costs SET cost_nanos = kept.charged_nanos
 FROM (
     SELECT c.row_id, k.charged_nanos
-    FROM replay_costs c JOIN usage_events u ON u.rowid = c.row_id JOIN ({CHARGED_BY_EVENT}) k ON k.event_id = u.event_id
+    FROM replay_costs c JOIN usage_events u ON u.rowid = c.row_id
+    JOIN ({_CHARGED_BY_EVENT}) k ON k.event_id = u.event_id
     WHERE c.cost_nanos IS NULL AND c.status != 'kept'
 ) kept
 WHERE replay_costs.row_id = kept.row_id
