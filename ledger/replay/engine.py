@@ -95,25 +95,16 @@ def replay(
     on_stage("events")
     _select_events(connection, options, as_of_us)
     on_stage("pricing")
-    references = connection.execute(
-        "SELECT model, provider, min(occurred_at), max(occurred_at) FROM replay_events GROUP BY ALL"
-    ).fetchall()
-    connection.register("replay_prices_arrow", price_intervals(options.book, references))
-    connection.execute(sql.PRICES)
-    connection.unregister("replay_prices_arrow")
-    _run(
-        connection,
-        sql.COSTS,
-        {
-            "trust": options.trust_reported_cost,
-            "as_of_us": as_of_us,
-            "filter_scopes": bool(options.scopes),
-            "from_us": None if options.reprice_from is None else epoch_us(options.reprice_from),
-            "to_us": None if options.reprice_to is None else epoch_us(options.reprice_to),
-        },
-    )
+    if (
+        options.reprice_from is not None
+        and options.reprice_to is not None
+        and options.reprice_from >= options.reprice_to
+    ):
+        connection.execute(sql.KEPT_COSTS)
+    else:
+        _price(connection, options)
     (unpriced_now,) = connection.execute(
-        "SELECT count(*) FROM replay_costs WHERE cost_nanos IS NULL AND status != 'not_counted'"
+        "SELECT count(*) FROM replay_costs WHERE cost_nanos IS NULL AND status != 'kept'"
     ).fetchall()[0]
     if unpriced_now:
         connection.execute(sql.KEEP_CHARGED)
@@ -126,12 +117,9 @@ def replay(
     commands = _commands(connection, options)
     states, segments = _histories(commands, options.as_of)
     _load_segments(connection, segments, options.as_of)
+    _load_names(connection)
     on_stage("windows")
-    connection.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-    try:
-        _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
-    finally:
-        connection.execute("RESET disabled_optimizers")
+    _run(connection, sql.WINDOWS, {"as_of_us": as_of_us})
     on_stage("states")
 
     window_spend: dict[tuple[str, str, int, int], int] = {}
@@ -152,7 +140,7 @@ def replay(
     totals = connection.execute(sql.TOTALS).fetchall()
     result_states = _states(states, segments, totals, window_spend, crossings, options)
     events, charged, unpriced = connection.execute(
-        "SELECT count(*) FILTER (status != 'not_counted'), count(*) FILTER (status IN ('price_book', 'reported')),"
+        "SELECT count(*), count(*) FILTER (status IN ('price_book', 'reported')),"
         " count(*) FILTER (status = 'unpriced') FROM replay_costs"
     ).fetchone() or (0, 0, 0)
     return ReplayResult(
@@ -163,6 +151,26 @@ def replay(
         events=events,
         charged=charged,
         unpriced=unpriced,
+    )
+
+
+def _price(connection: duckdb.DuckDBPyConnection, options: ReplayOptions) -> None:
+    """``replay_costs`` with the events in the repricing range priced under the book."""
+    references = connection.execute(
+        "SELECT model, provider, min(occurred_at), max(occurred_at) FROM replay_events GROUP BY ALL"
+    ).fetchall()
+    connection.register("replay_prices_arrow", price_intervals(options.book, references))
+    connection.execute(sql.PRICES)
+    connection.unregister("replay_prices_arrow")
+    keeps_charged = options.reprice_from is not None or options.reprice_to is not None
+    _run(
+        connection,
+        sql.costs(keeps_charged),
+        {
+            "trust": options.trust_reported_cost,
+            "from_us": None if options.reprice_from is None else epoch_us(options.reprice_from),
+            "to_us": None if options.reprice_to is None else epoch_us(options.reprice_to),
+        },
     )
 
 
@@ -301,7 +309,10 @@ def _load_segments(connection: duckdb.DuckDBPyConnection, segments: list[LimitSe
             }
         )
     connection.register("replay_segments_arrow", pa.Table.from_pylist(rows, schema=_SEGMENTS_SCHEMA))
-    connection.execute("CREATE OR REPLACE TEMP TABLE replay_segments AS SELECT * FROM replay_segments_arrow")
+    connection.execute(
+        "CREATE OR REPLACE TEMP TABLE replay_segments AS"
+        f" SELECT *, {sql.code('scope_id')} AS scope_code, {sql.code('model')} AS model_code FROM replay_segments_arrow"
+    )
     connection.unregister("replay_segments_arrow")
 
     boundary_rows = []
@@ -316,6 +327,14 @@ def _load_segments(connection: duckdb.DuckDBPyConnection, segments: list[LimitSe
     connection.register("replay_boundaries_arrow", pa.Table.from_pylist(boundary_rows, schema=_BOUNDARIES_SCHEMA))
     connection.execute("CREATE OR REPLACE TEMP TABLE replay_boundaries AS SELECT * FROM replay_boundaries_arrow")
     connection.unregister("replay_boundaries_arrow")
+
+
+def _load_names(connection: duckdb.DuckDBPyConnection) -> None:
+    """``replay_names``: the names behind the charges' codes, each code one name's."""
+    connection.execute(sql.NAMES)
+    shared = connection.execute(sql.NAMES_SHARING_A_CODE).fetchall()
+    if shared:
+        raise AssertionError(f"names share a 64-bit code, the replay would merge their charges: {shared[:3]}")
 
 
 def _states(

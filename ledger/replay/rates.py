@@ -4,8 +4,10 @@ Which entry of a book a model name lands on is decided by ``PriceIndex.resolve``
 implementation, with its overrides, provider rules and fallbacks), once per distinct
 (model, provider) in the store; which of a model's periods is in force at a moment by
 ``ModelPrices.rates_at``, evaluated at every point where its answer can change (midnights,
-the start dates and the daily time windows of its periods). What remains is arithmetic,
-done in SQL: the tier for the prompt size, tokens times rates.
+the start dates and the daily time windows of its periods); which tier of a tiered rate
+by ``TieredRate.at``, once per range of prompt sizes between two tier starts (an interval
+row per range: events join on their prompt size, no per-event search of a tier list).
+What remains is arithmetic, done in SQL: tokens times rates.
 
 Rates are integers: 1e-18 USD per million tokens (as ``ledger.domain.pricing``), and
 1e-24 USD per request, carried as DECIMAL(38, 0) (they may exceed 64 bits).
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import pyarrow as pa
@@ -25,9 +28,9 @@ from ledger.domain.windows import epoch_us
 
 _TOKENS_PER_MTOK = 10**6
 _UNITS = pa.decimal128(38, 0)
-_TIERS = pa.list_(pa.struct([("start", pa.int64()), ("units", _UNITS)]))
 RATE_KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 FOREVER_US = 2**62
+_PROMPT_BOUND = 2**62  # beyond any prompt size (ledger.domain.events.TOKENS_PER_FIELD_MAX)
 
 PRICES_SCHEMA = pa.schema(
     [
@@ -36,10 +39,10 @@ PRICES_SCHEMA = pa.schema(
         ("utc_day", pa.int64()),  # one row per UTC day an interval touches: events join on their day
         ("start_us", pa.int64()),
         ("end_us", pa.int64()),
+        ("prompt_above", pa.int64()),  # the rates apply to prompt_tokens in (prompt_above, prompt_upto]
+        ("prompt_upto", pa.int64()),
         ("priced", pa.bool_()),
-        ("priced_as", pa.string()),
         *((f"{kind}_units", _UNITS) for kind in RATE_KINDS),
-        *((f"{kind}_tiers", _TIERS) for kind in RATE_KINDS),
         ("request_units", _UNITS),
     ]
 )
@@ -51,29 +54,37 @@ def _units(rate: Decimal) -> int:
     return int(scaled)
 
 
-def _rate_columns(rate: RateValue | None) -> tuple[Decimal | None, list[dict[str, Any]] | None]:
+def _rate_units(rate: RateValue | None, prompt_tokens: int) -> Decimal | None:
     if rate is None:
-        return None, None
-    if isinstance(rate, TieredRate):
-        tiers = [{"start": tier.start, "units": Decimal(_units(tier.price))} for tier in rate.tiers]
-        return Decimal(_units(rate.base)), tiers
-    return Decimal(_units(rate)), None
+        return None
+    return Decimal(_units(rate.at(prompt_tokens) if isinstance(rate, TieredRate) else rate))
 
 
-def _row(model: str, provider: str | None, span: tuple[int, int], priced_as: str, rates: TokenRates) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "model": model,
-        "provider_key": provider or "",
-        "utc_day": None,
-        "start_us": span[0],
-        "end_us": span[1],
-        "priced": rates.is_priced,
-        "priced_as": priced_as,
-        "request_units": None if rates.request_usd is None else Decimal(_units(rates.request_usd) * _TOKENS_PER_MTOK),
-    }
-    for kind in RATE_KINDS:
-        row[f"{kind}_units"], row[f"{kind}_tiers"] = _rate_columns(getattr(rates, f"{kind}_mtok"))
-    return row
+def _rows(model: str, provider: str | None, span: tuple[int, int], rates: TokenRates) -> list[dict[str, Any]]:
+    """The rates over ``span``, a row per range of prompt sizes in which no tier changes."""
+    kinds = [getattr(rates, f"{kind}_mtok") for kind in RATE_KINDS]
+    starts = sorted({tier.start for rate in kinds if isinstance(rate, TieredRate) for tier in rate.tiers})
+    bounds = [-_PROMPT_BOUND, *starts, _PROMPT_BOUND]
+    rows = []
+    for above, upto in pairwise(bounds):
+        prompt_tokens = upto if upto != _PROMPT_BOUND else above + 1  # a tier applies above its start
+        row: dict[str, Any] = {
+            "model": model,
+            "provider_key": provider or "",
+            "utc_day": None,
+            "start_us": span[0],
+            "end_us": span[1],
+            "prompt_above": above,
+            "prompt_upto": upto,
+            "priced": rates.is_priced,
+            "request_units": None
+            if rates.request_usd is None
+            else Decimal(_units(rates.request_usd) * _TOKENS_PER_MTOK),
+        }
+        for kind, rate in zip(RATE_KINDS, kinds, strict=True):
+            row[f"{kind}_units"] = _rate_units(rate, prompt_tokens)
+        rows.append(row)
+    return rows
 
 
 def _change_points(model: ModelPrices, first: datetime, last: datetime) -> list[datetime]:
@@ -100,9 +111,9 @@ def _per_day(row: dict[str, Any], first_us: int, last_us: int) -> list[dict[str,
 
 
 def price_intervals(book: PriceBook, references: Iterable[tuple[str, str | None, datetime, datetime]]) -> pa.Table:
-    """Rows of (model, provider, UTC day, [start_us, end_us), rates) covering each
-    reference's events between its first and last time; a reference the book does not
-    price has no row (its events are unpriced)."""
+    """Rows of (model, provider, UTC day, [start_us, end_us), (prompt_above, prompt_upto],
+    rates) covering each reference's events between its first and last time; a reference
+    the book does not price has no row (its events are unpriced)."""
     rows: list[dict[str, Any]] = []
     for model, provider, first, last in references:
         rows.extend(
@@ -120,9 +131,8 @@ def _intervals(
     resolved = book.index.resolve(model, provider)
     if resolved is None:
         return []
-    priced_as = f"{resolved.provider_id or '-'}/{resolved.model_id}"
     if resolved.override is not None or (resolved.model is not None and len(resolved.model.periods) == 1):
-        return [_row(model, provider, (-FOREVER_US, FOREVER_US), priced_as, resolved.rates_at(first))]
+        return _rows(model, provider, (-FOREVER_US, FOREVER_US), resolved.rates_at(first))
     assert resolved.model is not None
     spans: list[tuple[int, int, TokenRates]] = []
     for point in _change_points(resolved.model, first, last):
@@ -132,4 +142,4 @@ def _intervals(
         if spans:
             spans[-1] = (spans[-1][0], epoch_us(point), spans[-1][2])
         spans.append((epoch_us(point), FOREVER_US, rates))
-    return [_row(model, provider, (start_us, end_us), priced_as, rates) for start_us, end_us, rates in spans]
+    return [row for start_us, end_us, rates in spans for row in _rows(model, provider, (start_us, end_us), rates)]

@@ -296,9 +296,8 @@ def open_store(store: StoreLocation, *, read_only: bool = False, sandboxed: bool
 
 
 # Rows of a data table go to Parquet files at once, never inlined in the catalog: readers
-# of the files alone see every row, and a table scans in insertion order (the replay's
-# positional joins rely on it: ledger.replay.sql). The two small tables rewritten on every
-# commit stay in the catalog until maintenance flushes them.
+# of the files alone see every row. The two small tables rewritten on every commit stay in
+# the catalog until maintenance flushes them.
 _INLINED_TABLES = ("consumer_offsets", "store_meta")
 _INLINED_ROWS_MAX = 1_000
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from ledger.domain.prices import (
     TieredRate,
     TokenRates,
 )
+from ledger.replay import sql
 from ledger.replay.engine import ReplayOptions, load_crossings, replay
 from ledger.replay.reference import CROSSING_KINDS, fold_in_event_time
 from ledger.store.records import StoreRows, command_row, usage_rows
@@ -109,6 +111,11 @@ BOOK = PriceBook(
                     model_id="acme-image",
                     match=MatchRule(equals="acme-image"),
                     periods=(PricePeriod(rates=TokenRates()),),
+                ),
+                ModelPrices(  # half a nano a token in, half a nano and a yocto-dollar out
+                    model_id="acme-half",
+                    match=MatchRule(equals="acme-half"),
+                    periods=(PricePeriod(rates=rates("0.0005", "0.000500000000000001")),),
                 ),
             ),
         ),
@@ -337,3 +344,24 @@ def test_an_upsert_checks_a_kept_limit_even_unchanged_or_opened_at_the_same_inst
         ("global:*", "soft-threshold"),
         ("user:a", "soft-threshold"),
     }
+
+
+def test_each_event_is_rounded_half_to_even_to_the_nano() -> None:
+    usage = [{"prompt_tokens": 1}, {"prompt_tokens": 3}, {"prompt_tokens": 5}, {"completion_tokens": 1}]
+    events = [
+        {"event_id": f"e{n}", "occurred_at": BASE.isoformat(), "model": "acme-half", "user_id": "a", "usage": tokens}
+        for n, tokens in enumerate(usage)
+    ]  # 0.5, 1.5, 2.5 and 0.5 + 1e-15 nanos
+    result = replay(store_of(events, []), ReplayOptions(book=BOOK, as_of=BASE + timedelta(days=1)))
+    assert result.states["user:a"].total_spend_nanos == 0 + 2 + 2 + 1
+    assert_replays_agree(events, [], BASE + timedelta(days=1), False)
+
+
+def test_a_code_two_names_share_stops_the_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql, "NAMES", sql.NAMES.replace("hash(name)", "hash(name) % 1"))  # every name one code
+    events = [
+        {"event_id": f"e{n}", "occurred_at": BASE.isoformat(), "model": "acme-large", "user_id": user, "usage": {}}
+        for n, user in enumerate(["a", "b"])
+    ]
+    with pytest.raises(AssertionError, match="share a 64-bit code"):
+        replay(store_of(events, []), ReplayOptions(book=BOOK, as_of=BASE + timedelta(days=1)))
