@@ -25,6 +25,20 @@ def litellm_proxy_venv() -> "ProxyVenv":
     return proxy_venv()
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Test files go whole to a test process, and tests/e2e all to the same one: they share
+    a session dev stack (tests/e2e/conftest.py), which a second process would start again
+    and keep running beside the other tests."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneDevStack(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return OneDevStack(config, log)  # type: ignore[arg-type]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop the session's catalog server (tests/stores.py), if a test started it."""
     from tests.stores import stop_catalog_server
