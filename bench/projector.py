@@ -1,6 +1,6 @@
 """Projector benchmark: topics into the store (a lake), on the embedded broker.
 
-    python -m bench.projector [--events 300000]
+    python -m bench.projector [--events 300000] [--stored 0]
 
 Publishes N synthetic events (bench.live's generator) to ``usage`` in 1,000-event batches,
 and their ledger entries to ``ledger-entries`` as the worker writes them. In the same run
@@ -8,6 +8,10 @@ a plain aiokafka consumer reads and JSON-decodes every message of both topics (t
 baseline of the ratio); then the projector reads both into a fresh store until
 caught up, validating each usage event as it stores it. The last line printed is JSON;
 events_per_s counts usage events (each also arrives as a ledger entry).
+
+``--stored N`` first fills the store (not timed) with N usage events received within the
+dedup horizon, as a store holds after days of traffic: each new event is looked up among
+them (``ledger.store.writer``).
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import time
 import uuid
 from pathlib import Path
 
+import duckdb
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.live import publish, synthetic_events
+from bench.replay import GENERATED_COLUMNS
 from ledger.broker import EmbeddedBroker
 from ledger.domain.events import UsageEvent
 from ledger.domain.pricing import LedgerEntryBatch, price_event
@@ -39,6 +45,23 @@ from ledger.tokenizer import count_tokens
 from ledger.topics import topic_names
 
 BATCH_EVENTS = 1_000
+
+
+def fill_horizon(connection: duckdb.DuckDBPyConnection, events: int) -> None:
+    """``events`` stored usage events, received over the last six days (inside the horizon).
+    Their ids look like the generated ones (a random prefix each), so the stored files span
+    the ids' whole range, as random event ids do: no file is skipped by its bounds."""
+    connection.execute(
+        f"""
+        INSERT INTO usage_events ({", ".join(GENERATED_COLUMNS)})
+        SELECT 'p' || substr(md5(CAST(i AS VARCHAR)), 1, 6) || '-' || i,
+               now() - to_microseconds(CAST(hash(i) % 518400000000 AS BIGINT)), 'gpt-4o-mini', NULL,
+               'user-' || i % 1000, NULL, NULL, NULL, [], ['global:*', 'user:user-' || i % 1000],
+               100, 20, 0, 0, 0, true, false, NULL, NULL, 0, i,
+               now() - to_microseconds(CAST(hash(i) % 518400000000 AS BIGINT))
+        FROM range({events}) t(i)
+        """
+    )
 
 
 async def raw_consume(settings: Settings, topics: list[str], expected: int) -> float:
@@ -66,6 +89,7 @@ async def raw_consume(settings: Settings, topics: list[str], expected: int) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--stored", type=int, default=0, help="usage events already stored within the horizon")
     args = parser.parse_args()
     book = genai_prices_book()
     events = synthetic_events(args.events, seed=7, id_prefix=f"p{uuid.uuid4().hex[:6]}")
@@ -87,6 +111,7 @@ def main() -> None:
         os.chmod(folder, 0o755)  # the catalog server may run as another user (ledger.store.catalog_server)
         with store_location(Settings(store_path=Path(folder) / "store")) as store:
             connection = open_store(store)
+            fill_horizon(connection, args.stored)
             started = time.perf_counter()
             stats = asyncio.run(Projector(settings, connection, count_tokens).run(until_caught_up=True))
             project_s = time.perf_counter() - started
@@ -96,11 +121,12 @@ def main() -> None:
                     "SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM ledger_entries)"
                 )
                 usage_rows, entry_rows = stored.fetchone() or (0, 0)
-    assert (usage_rows, entry_rows) == (args.events, args.events), (usage_rows, entry_rows)
+    assert (usage_rows, entry_rows) == (args.events + args.stored, args.events), (usage_rows, entry_rows)
     print(
         json.dumps(
             {
                 "events": args.events,
+                "stored_before": args.stored,
                 "projector_s": round(project_s, 2),
                 "events_per_s": round(args.events / project_s),
                 "raw_consume_events_per_s": round(args.events / raw_s),
