@@ -1,8 +1,9 @@
 """Projector benchmark: topics into the store (a lake), on the embedded broker.
 
-    python -m bench.projector [--events 300000] [--stored 0]
+    python -m bench.projector [--events 300000] [--per-message 1000] [--stored 0]
 
-Publishes N synthetic events (bench.live's generator) to ``usage`` in 1,000-event batches,
+Publishes N synthetic events (bench.live's generator) to ``usage`` in messages of
+``--per-message`` events (1,000: as our SDK and api batch; 1: as one call's callback sends),
 and their ledger entries to ``ledger-entries`` as the worker writes them. In the same run
 a plain aiokafka consumer reads and JSON-decodes every message of both topics (the
 baseline of the ratio); then the projector reads both into a fresh store until
@@ -43,8 +44,6 @@ from ledger.store.projector import Projector
 from ledger.store.schema import open_store
 from ledger.tokenizer import count_tokens
 from ledger.topics import topic_names
-
-BATCH_EVENTS = 1_000
 
 
 def fill_horizon(connection: duckdb.DuckDBPyConnection, events: int) -> None:
@@ -89,14 +88,15 @@ async def raw_consume(settings: Settings, topics: list[str], expected: int) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--per-message", type=int, default=1_000, help="usage events per message")
     parser.add_argument("--stored", type=int, default=0, help="usage events already stored within the horizon")
     args = parser.parse_args()
     book = genai_prices_book()
     events = synthetic_events(args.events, seed=7, id_prefix=f"p{uuid.uuid4().hex[:6]}")
-    usage = list(usage_messages(events, BATCH_EVENTS))
+    usage = list(usage_messages(events, args.per_message))
     entries = []
-    for start in range(0, len(events), BATCH_EVENTS):
-        priced = [price_event(UsageEvent.model_validate(e), book) for e in events[start : start + BATCH_EVENTS]]
+    for start in range(0, len(events), args.per_message):
+        priced = [price_event(UsageEvent.model_validate(e), book) for e in events[start : start + args.per_message]]
         batch_id = f"bench/{start}"
         entries.append((batch_id.encode(), LedgerEntryBatch.encode(batch_id, priced)))
 
@@ -126,6 +126,7 @@ def main() -> None:
         json.dumps(
             {
                 "events": args.events,
+                "per_message": args.per_message,
                 "stored_before": args.stored,
                 "projector_s": round(project_s, 2),
                 "events_per_s": round(args.events / project_s),
