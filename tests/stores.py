@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,9 +30,11 @@ def catalog_server() -> CatalogServer:
 
 
 def stop_catalog_server() -> None:
+    """Stop the session's server and remove its folder (its databases held a few GB)."""
     global _server
     if _server is not None:
         _server.stop()
+        shutil.rmtree(_server.root, ignore_errors=True)
         _server = None
 
 
