@@ -211,12 +211,38 @@ def test_the_sql_path_takes_a_well_formed_batch_whole(connection: duckdb.DuckDBP
         b'{"event_id": "e1", "occurred_at": "2025-11-03T09:00:00Z", "model": "m", "usage": {"prompt_tokens": 1}',
         b"[1, 2]",
         b"null",
+        b"",
+        b'{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": -1}}',
+        b'{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1.0}}',
+        b'{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 18446744073709551615}}',
+        b'{"batch_id": "b", "model": "m", "events": [{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1}}]}',
+        b'{"batch_id": "b", "events": [{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1}}],'
+        b' "usage": {"prompt_tokens": 1}}',
+        b'{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1},'
+        b' "events": [{"event_id": "e2", "model": "m", "usage": {"prompt_tokens": 1}}]}',
+        b'{"event_id": "e1", "model": "m", "usage": {"prompt_tokens": 1}}'
+        b' {"event_id": "e2", "model": "m", "usage": {"prompt_tokens": 1}}',
         b'{"event_id": "e1",\n "occurred_at": "2025-11-03T09:00:00Z", "model": "m", "usage": {"prompt_tokens": 1}}',
     ],
 )
 def test_repeated_keys_bad_envelopes_and_bad_json_agree(connection: duckdb.DuckDBPyConnection, value: bytes) -> None:
     table, expected, _ = both_paths(connection, [value])
     assert table.to_pylist() == expected.to_pylist()
+
+
+def test_one_odd_message_among_plain_ones_leaves_the_others_to_the_fast_paths(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    plain = [orjson.dumps({"batch_id": f"b{n}", "events": [event(event_id=f"e{n}")]}) for n in range(37)]
+    odd = orjson.dumps(event(event_id="odd", metadata={"k": "v"}))  # not the plain shape: the general query's
+    invalid = orjson.dumps(event(event_id="bad", usage={"prompt_tokens": "1"}))  # refused by the model
+    values = [*plain[:20], odd, *plain[20:30], invalid, *plain[30:]]
+    table, expected, slow = both_paths(connection, values)
+    assert slow == 1  # only the invalid one reached the Python path, which refused it
+    assert table.to_pylist() == expected.to_pylist()
+    assert table.column("event_id").to_pylist() == [f"e{n}" for n in range(20)] + ["odd"] + [
+        f"e{n}" for n in range(20, 37)
+    ]
 
 
 def test_the_first_copy_of_an_event_wins_across_messages_and_paths(connection: duckdb.DuckDBPyConnection) -> None:
