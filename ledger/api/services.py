@@ -62,7 +62,8 @@ class ApiServices:
         )
         self.budget_state = BudgetStateCache(settings)
         self.admission = AdmissionService(settings, self.budget_state, self.publish_record)
-        self.store: duckdb.DuckDBPyConnection | None = None
+        self.store: duckdb.DuckDBPyConnection | None = None  # the readers' (``reader``)
+        self._projector_store: duckdb.DuckDBPyConnection | None = None
         self.location: StoreLocation | None = None
         self._resources = ExitStack()
         self.projector: Projector | None = None
@@ -94,8 +95,12 @@ class ApiServices:
         # admission follower starts from the stored positions that load() reads.
         await asyncio.wait_for(reconcile_log(self.settings, self.store, input_topics(self.names)), STARTUP_TIMEOUT_S)
         self.admission.load(self.store, datetime.now(UTC))  # before the projector moves on
-        # The api's projector is not on anyone's hot path: fewer, longer idle fetches.
-        self.projector = Projector(self.settings, self.store, count_tokens, fetch_max_wait_ms=PROJECTOR_FETCH_WAIT_MS)
+        # The api's projector is not on anyone's hot path: fewer, longer idle fetches. It
+        # writes through a connection of its own (the projector sets it to one thread).
+        self._projector_store = open_store(self.location)
+        self.projector = Projector(
+            self.settings, self._projector_store, count_tokens, fetch_max_wait_ms=PROJECTOR_FETCH_WAIT_MS
+        )
         producer = AIOKafkaProducer(
             **client_options(self.settings),
             acks="all",
@@ -140,9 +145,10 @@ class ApiServices:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        for connection in (self._projector_store, self.store):
+            if connection is not None:
+                connection.close()
+        self._projector_store = self.store = None
         self._resources.close()
 
     def reader(self) -> duckdb.DuckDBPyConnection:

@@ -41,7 +41,7 @@ from ledger.store.records import (
     rate_limit_row,
     usage_rows,
 )
-from ledger.store.usage_sql import UsageMessage, entry_batches, usage_table
+from ledger.store.usage_sql import UsageMessage, ledger_entry_rows, usage_table
 from ledger.store.writer import append, stored_positions
 from ledger.topics import TopicNames, topic_names
 
@@ -87,8 +87,55 @@ def input_topics(names: TopicNames) -> tuple[str, ...]:
     )
 
 
+class _Stages:
+    """A batch's build, then its append, each in a thread: one build at a time (they share
+    the unpacker), appends in order, and at most one built batch waiting for its append,
+    so memory holds a bounded number of batches."""
+
+    def __init__(self) -> None:
+        self._building: asyncio.Task[tuple[StoreRows, Positions]] | None = None
+        self._appending: asyncio.Task[None] | None = None  # the last batch's; it waits for the one before
+        self._waiting: asyncio.Task[None] | None = None  # the batch's before that
+
+    async def start(
+        self,
+        build: Callable[[list[ConsumerRecord[bytes, bytes]]], tuple[StoreRows, Positions]],
+        append: Callable[[tuple[StoreRows, Positions], int], None],
+        records: list[ConsumerRecord[bytes, bytes]],
+    ) -> None:
+        """Start ``records`` on their way, once the build before has ended and the
+        append before the last has too (a failure of either is raised here)."""
+        if self._building is not None:
+            await self._building
+        if self._waiting is not None:
+            await self._waiting
+        self._building = asyncio.create_task(asyncio.to_thread(build, records))
+        self._waiting = self._appending
+        self._appending = asyncio.create_task(_after(self._building, self._waiting, append, len(records)))
+
+    async def drain(self) -> None:
+        """Wait until every batch started is appended."""
+        if self._appending is not None:
+            await self._appending
+        self._building = self._appending = self._waiting = None
+
+
+async def _after(
+    built: asyncio.Task[tuple[StoreRows, Positions]],
+    before: asyncio.Task[None] | None,
+    append: Callable[[tuple[StoreRows, Positions], int], None],
+    messages: int,
+) -> None:
+    """Append ``built`` once it is built and the append ``before`` it has ended."""
+    rows = await built
+    if before is not None:
+        await before
+    await asyncio.to_thread(append, rows, messages)
+
+
 class Projector:
-    """Reads the topics into ``connection`` (the store's one writing connection)."""
+    """Reads the topics into ``connection``: the store's one writing connection, and the
+    projector's alone (it is set to one thread)."""
 
     def __init__(
         self,
@@ -100,12 +147,15 @@ class Projector:
     ):
         self.settings = settings
         self.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
+        # One thread per DuckDB: the projector overlaps its own stages (fetch, build, append), and
+        # an insert on two threads took 1.5-2.4 times the CPU for the same rows (bench.projector).
         self.connection = connection
+        self.connection.execute("SET threads = 1")
         self.count_tokens = count_tokens
         self.names = topic_names(settings.topic_prefix)
         self.stats = ProjectorStats()
         # Unpacks usage messages (in memory, never the store): used by one batch's build at a time.
-        self._unpacker = duckdb.connect()
+        self._unpacker = duckdb.connect(config={"threads": 1})
         self._unpacker.execute("SET TimeZone = 'UTC'")
         self.lag_records = 0  # records on its topics not read yet (updated about once a second)
         # Per partition: what turns the current log's offsets into stored source_offsets.
@@ -139,12 +189,13 @@ class Projector:
         try:
             ends = await self._assign(consumer)
             targets = ends if until_caught_up else {}
-            # Rows for one batch are built (Python) while the batch before is appended (DuckDB,
-            # which releases the GIL); appends stay one at a time and in order. A live tail
+            # Three stages overlap, one batch each: records are fetched (here) while the batch
+            # before is built into rows (Python and DuckDB, which releases the GIL) and the one
+            # before that is appended; appends stay one at a time and in order. A live tail
             # brings a few records per fetch: they are gathered for up to APPEND_EVERY_S, as
             # each DuckDB transaction has a fixed cost (small ones took 0.45 of a core at
             # 250 admits/s in bench.admit).
-            appending: asyncio.Task[None] | None = None
+            stages = _Stages()
             pending: list[ConsumerRecord[bytes, bytes]] = []
             pending_bytes = 0
             append_at = 0.0
@@ -152,9 +203,7 @@ class Projector:
             maintain_at = time.monotonic() + self.settings.store_maintenance_every_s
             while stop is None or not stop.is_set():
                 if time.monotonic() >= maintain_at:  # between two appends: never beside one
-                    if appending is not None:
-                        await appending
-                        appending = None
+                    await stages.drain()
                     await asyncio.to_thread(self._maintain)
                     maintain_at = time.monotonic() + self.settings.store_maintenance_every_s
                 if time.monotonic() >= lag_at:
@@ -169,13 +218,12 @@ class Projector:
                     pending_bytes += sum(max(record.serialized_value_size, 0) for record in batch)
                 full = len(pending) >= BATCH_MESSAGES_MAX or pending_bytes >= BATCH_BYTES_MAX
                 if pending and (full or time.monotonic() >= append_at):
-                    appending = await self._append_next(pending, appending)
+                    await stages.start(self._rows, self._append, pending)
                     pending, pending_bytes = [], 0
                     append_at = time.monotonic() + APPEND_EVERY_S
             if pending:
-                appending = await self._append_next(pending, appending)
-            if appending is not None:
-                await appending
+                await stages.start(self._rows, self._append, pending)
+            await stages.drain()
         finally:
             await consumer.stop()
         self.stats.seconds += time.monotonic() - started
@@ -193,15 +241,6 @@ class Projector:
             )
             return
         self.stats.maintenance_rounds += 1
-
-    async def _append_next(
-        self, records: list[ConsumerRecord[bytes, bytes]], appending: asyncio.Task[None] | None
-    ) -> asyncio.Task[None]:
-        """Build the rows of ``records`` while the append before runs, then start theirs."""
-        rows, positions = await asyncio.to_thread(self._rows, records)
-        if appending is not None:
-            await appending
-        return asyncio.create_task(asyncio.to_thread(self._append, rows, positions, len(records)))
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         """Assign every input partition at its stored position; returns their ends now.
@@ -237,7 +276,7 @@ class Projector:
         offset, and the fingerprint of the record before it."""
         rows = StoreRows()
         usage: list[UsageMessage] = []
-        entries: list[ConsumerRecord[bytes, bytes]] = []
+        entries: list[tuple[ConsumerRecord[bytes, bytes], bytes]] = []
         last_read: dict[tuple[str, int], ConsumerRecord[bytes, bytes]] = {}
         for record in records:
             key = (record.topic, record.partition)
@@ -246,7 +285,7 @@ class Projector:
                 source_offset = self._offset_bases.get(key, 0) + record.offset
                 usage.append(UsageMessage(record.value, record.partition, source_offset, received_at_us))
             elif record.value is not None and record.topic == self.names.ledger_entries:
-                entries.append(record)  # checked below, all at once
+                entries.append((record, record.value))  # unpacked below, all at once
             elif record.value is not None:  # a compacted topic's tombstone carries nothing
                 try:
                     self._rows_of[record.topic](record, self._offset_bases.get(key, 0) + record.offset, rows)
@@ -258,31 +297,26 @@ class Projector:
         if usage:
             rows.usage_events = usage_table(self._unpacker, usage, self._usage_rows)
         if entries:
-            batches = entry_batches(self._unpacker, [record.value for record in entries if record.value is not None])
-            for record, batch in zip(entries, batches, strict=True):
-                if batch is None:  # not written by the ledger
-                    self.stats.skipped += 1
-                    log.warning(
-                        "skipped %s/%d@%d: not a batch of entries", record.topic, record.partition, record.offset
-                    )
-                else:
-                    rows.entry_batches.append(batch)
+            rows.ledger_entries, refused = ledger_entry_rows(self._unpacker, [value for _, value in entries])
+            for place in refused:  # not written by the ledger
+                record = entries[place][0]
+                self.stats.skipped += 1
+                log.warning("skipped %s/%d@%d: not a batch of entries", record.topic, record.partition, record.offset)
         next_offsets = {key: record.offset + 1 for key, record in last_read.items()}
         fingerprints = {key: record_fingerprint(record) for key, record in last_read.items()}
         return rows, (next_offsets, fingerprints)
 
-    def _append(self, rows: StoreRows, positions: Positions, messages: int) -> None:
+    def _append(self, built: tuple[StoreRows, Positions], messages: int) -> None:
         """Rows and positions in one transaction."""
-        next_offsets, fingerprints = positions
+        rows, (next_offsets, fingerprints) = built
         append(self.connection, rows, next_offsets, fingerprints, dedup_horizon_s=self.settings.dedup_horizon_s)
         self.stats.messages += messages
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():
             self.stats.rows[table] = self.stats.rows.get(table, 0) + len(table_rows)
-        if rows.usage_events is not None:
-            self.stats.rows["usage_events"] = self.stats.rows.get("usage_events", 0) + rows.usage_events.num_rows
-        batches = self.stats.rows.get("ledger_entry_batches", 0)
-        self.stats.rows["ledger_entry_batches"] = batches + len(rows.entry_batches)
+        for table, unpacked in (("usage_events", rows.usage_events), ("ledger_entries", rows.ledger_entries)):
+            if unpacked is not None:
+                self.stats.rows[table] = self.stats.rows.get(table, 0) + unpacked.num_rows
 
     def _usage_rows(self, message: UsageMessage) -> list[tuple[Any, ...]]:
         """The Python path for a usage message the query did not take whole (``usage_sql``)."""

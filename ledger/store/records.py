@@ -125,13 +125,11 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 class StoreRows:
     """Rows for each table, in the order read; a row is a tuple in ``TABLE_COLUMNS`` order.
     Rows repeating a key (an event_id seen twice) are left to the insert to drop.
-    ``entry_batches`` holds ``ledger-entries`` messages as JSON text (``usage_sql.entry_batches``
-    checks their shape), unpacked by the writer;
-    ``usage_events``, usage rows already unpacked (``ledger.store.usage_sql``), each key once."""
+    ``usage_events`` and ``ledger_entries`` hold rows already unpacked (``ledger.store.usage_sql``)."""
 
     tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {name: [] for name in TABLE_COLUMNS})
-    entry_batches: list[str] = field(default_factory=list)
     usage_events: pa.Table | None = None
+    ledger_entries: pa.Table | None = None
 
 
 def usage_rows(

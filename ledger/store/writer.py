@@ -56,6 +56,25 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
             ("model_group", pa.string()),
         ]
     ),
+    "ledger_entries": pa.schema(
+        [
+            ("entry_id", pa.string()),
+            ("event_id", pa.string()),
+            ("kind", pa.string()),
+            ("occurred_at", _UTC),
+            ("model", pa.string()),
+            ("provider", pa.string()),
+            ("priced_as", pa.string()),
+            ("scope_keys", _TEXTS),
+            ("cost_nanos", pa.int64()),
+            ("cost_source", pa.string()),
+            ("price_book_version", pa.string()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("tokens_estimated", pa.bool_()),
+            ("batch_id", pa.string()),
+        ]
+    ),
     "budget_commands": pa.schema(
         [
             ("command_id", pa.string()),
@@ -143,29 +162,6 @@ ARROW_SCHEMAS: dict[str, pa.Schema] = {
 assert all(tuple(ARROW_SCHEMAS[name].names) == columns for name, columns in TABLE_COLUMNS.items())
 
 
-# The worker's LedgerEntryBatch JSON, unpacked in DuckDB (a Python loop cost ~19 us an entry).
-_ENTRY_JSON = (
-    '{"batch_id": "VARCHAR", "entries": [{"entry_id": "VARCHAR", "event_id": "VARCHAR", "kind": "VARCHAR",'
-    ' "occurred_at": "VARCHAR", "model": "VARCHAR", "provider": "VARCHAR", "priced_as": "VARCHAR",'
-    ' "scope_keys": ["VARCHAR"], "cost_nanos": "BIGINT", "cost_source": "VARCHAR", "price_book_version": "VARCHAR",'
-    ' "usage": {"prompt_tokens": "BIGINT", "completion_tokens": "BIGINT"}, "tokens_estimated": "BOOLEAN"}]}'
-)
-# Each batch is parsed once (a subquery named twice was parsed twice: 0.40 s for 50,000 entries
-# against 0.15 s); copies within the batch are dropped after, first copy kept (``_first_copies_of``).
-_ENTRY_ROWS = f"""
-SELECT e.entry_id AS entry_id, coalesce(e.event_id, e.entry_id) AS event_id, coalesce(e.kind, 'charge') AS kind,
-       occurred_at, e.model AS model, e.provider AS provider,
-       e.priced_as AS priced_as, e.scope_keys AS scope_keys, e.cost_nanos AS cost_nanos,
-       coalesce(e.cost_source, 'price_book') AS cost_source, e.price_book_version AS price_book_version,
-       coalesce(e.usage.prompt_tokens, 0) AS prompt_tokens, coalesce(e.usage.completion_tokens, 0) AS completion_tokens,
-       coalesce(e.tokens_estimated, false) AS tokens_estimated, coalesce(batch_id, '') AS batch_id
-FROM (SELECT e, batch_id, TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at
-      FROM (SELECT unnest(parsed.entries) AS e, parsed.batch_id AS batch_id
-            FROM (SELECT from_json(batch, '{_ENTRY_JSON}') AS parsed FROM incoming)))
-WHERE e.entry_id IS NOT NULL AND occurred_at IS NOT NULL AND e.model IS NOT NULL
-  AND e.scope_keys IS NOT NULL AND e.cost_nanos IS NOT NULL
-"""
-
 # Where a copy of a row can be, by table: rows whose time column is within the batch's
 # own times ("same": a copy carries the record's time), or within the dedup horizon
 # before them ("horizon"). Not named: the whole table (small tables).
@@ -241,10 +237,8 @@ def append(
         if rows.usage_events is not None:
             usage = _first_copies_of(rows.usage_events.cast(ARROW_SCHEMAS["usage_events"]), "event_id")
             _insert_new(connection, "usage_events", usage, dedup_horizon_s)
-        if rows.entry_batches:
-            connection.register("incoming", pa.table({"batch": pa.array(rows.entry_batches, pa.string())}))
-            entries = _first_copies_of(connection.execute(_ENTRY_ROWS).to_arrow_table(), "entry_id")
-            connection.unregister("incoming")
+        if rows.ledger_entries is not None:
+            entries = _first_copies_of(rows.ledger_entries.cast(ARROW_SCHEMAS["ledger_entries"]), "entry_id")
             _insert_new(connection, "ledger_entries", entries, dedup_horizon_s)
         if next_offsets:
             fingerprints = last_records or {}

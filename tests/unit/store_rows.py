@@ -7,12 +7,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import orjson
+import pyarrow as pa
 
 from ledger.domain.budgets import BudgetCommand, BudgetSpec, CommandAction
 from ledger.store.location import StoreLocation
 from ledger.store.records import StoreRows, command_row
 from ledger.store.schema import open_store
+from ledger.store.usage_sql import ledger_entry_rows
 from ledger.store.writer import append
 
 _ids = itertools.count()
@@ -81,6 +84,15 @@ def dead_letter(
     return (f"dl-{next(_ids)}", topic, partition, offset, stage, reason, detail, event_id, None, "e30=")
 
 
+def entry_table(message: bytes) -> pa.Table:
+    """The ``ledger_entries`` rows of one ``ledger-entries`` message, as the projector unpacks it."""
+    with duckdb.connect() as connection:
+        connection.execute("SET TimeZone = 'UTC'")
+        table, refused = ledger_entry_rows(connection, [message])
+    assert refused == [], message
+    return table
+
+
 def build_store(
     store: StoreLocation,
     *,
@@ -91,7 +103,7 @@ def build_store(
     """Write the rows into a new store and close it (readers open it read-only)."""
     rows = StoreRows()
     if entries:
-        rows.entry_batches.append(orjson.dumps({"batch_id": "test-batch", "entries": list(entries)}).decode())
+        rows.ledger_entries = entry_table(orjson.dumps({"batch_id": "test-batch", "entries": list(entries)}))
     rows.tables["budget_commands"].extend(commands)
     rows.tables["dead_letters"].extend(dead_letters)
     connection = open_store(store)

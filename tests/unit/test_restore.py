@@ -24,6 +24,7 @@ from ledger.store.records import StoreRows, alert_row, command_row, rate_limit_r
 from ledger.store.schema import open_store
 from ledger.store.writer import append
 from tests.stores import lake_at
+from tests.unit.store_rows import entry_table
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SPEC = BudgetSpec(duration="1d", max_budget_nanos=1_000, soft_budget_nanos=500)
@@ -104,7 +105,7 @@ def _store(
         at = received.get(event.event_id)
         received_us = None if at is None else int(at.timestamp() * 1_000_000)
         rows.tables["usage_events"].extend(usage_rows(event.model_dump_json().encode(), 0, offset, len, received_us))
-    rows.entry_batches.append(LedgerEntryBatch.encode("batch-1", entries).decode())
+    rows.ledger_entries = entry_table(LedgerEntryBatch.encode("batch-1", entries))
     connection = open_store(path)
     try:
         append(connection, rows, {})

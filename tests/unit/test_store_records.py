@@ -13,9 +13,10 @@ from ledger.domain.adjustments import LedgerAdjustment, adjustment_id
 from ledger.domain.wire import DeadLetter
 from ledger.store.records import StoreRows, dead_letter_row, usage_rows
 from ledger.store.schema import open_store
-from ledger.store.usage_sql import entry_batches
+from ledger.store.usage_sql import ledger_entry_rows
 from ledger.store.writer import append, stored_offsets
 from tests.stores import lake_at
+from tests.unit.store_rows import entry_table
 
 AT = "2025-11-03T09:00:00+00:00"
 
@@ -84,7 +85,7 @@ def test_appending_the_same_rows_twice_stores_them_once_and_moves_the_offsets(tm
         ],
     }  # fmt: skip
     rows = StoreRows()
-    rows.entry_batches.append(orjson.dumps(entries).decode())
+    rows.ledger_entries = entry_table(orjson.dumps(entries))
     append(connection, rows, {("ledger-entries", 0): 5})
     append(connection, rows, {("ledger-entries", 0): 6})
     assert connection.execute("SELECT count(*), sum(cost_nanos) FROM ledger_entries").fetchone() == (1, 12)
@@ -116,10 +117,11 @@ def test_an_entries_record_the_worker_did_not_write_is_refused_or_its_bad_entrie
     ]
     rows = StoreRows()
     batch = orjson.dumps({"batch_id": "b", "entries": [good, *bad]})
-    [text] = entry_batches(connection, [batch])
-    assert text is not None
-    rows.entry_batches.append(text)
+    rows.ledger_entries, refused = ledger_entry_rows(connection, [batch])
+    assert refused == []
     append(connection, rows, {})
     assert connection.execute("SELECT entry_id FROM ledger_entries").fetchall() == [("ok",)]
     not_batches = [b"[1, 2]", b'{"entries": 3}', b"{truncated", b'"entries"', b"\xff{}", b""]
-    assert entry_batches(connection, not_batches) == [None] * len(not_batches)
+    unpacked, refused = ledger_entry_rows(connection, [*not_batches, batch, b'{"entries": []}'])
+    assert refused == list(range(len(not_batches)))
+    assert unpacked.column("entry_id").to_pylist() == ["ok"]
