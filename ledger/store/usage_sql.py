@@ -400,7 +400,7 @@ def _read_json_lines(values: list[bytes]) -> pa.Table | None:
     """One row per value, or None if the reader refuses one (or finds other than one object
     in one). Values here have no line break (``_simple``): each is one line."""
     text = b"\n".join(values)
-    options = pa_json.ReadOptions(use_threads=False, block_size=len(text) + 1)
+    options = pa_json.ReadOptions(use_threads=True, block_size=len(text) + 1)
     parse = pa_json.ParseOptions(explicit_schema=_PLAIN_MESSAGE, unexpected_field_behavior="error")
     try:
         table = pa_json.read_json(pa.BufferReader(text), read_options=options, parse_options=parse)

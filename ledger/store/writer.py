@@ -271,7 +271,7 @@ def _first_copies(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ..
 
 def _first_copies_of(table: pa.Table, key: str) -> pa.Table:
     """``table`` with each ``key`` once: its first row."""
-    if pc.count_distinct(table.column(key)).as_py() == table.num_rows:
+    if len(pc.unique(table.column(key))) == table.num_rows:
         return table  # the common case: no copies within a batch
     numbered = table.append_column("row", pa.array(range(table.num_rows), pa.int64()))
     firsts = numbered.group_by(key, use_threads=False).aggregate([("row", "min")]).column("row_min").combine_chunks()
