@@ -42,7 +42,7 @@ from ledger.store.records import (
     rate_limit_row,
     usage_rows,
 )
-from ledger.store.usage_sql import UsageMessage, ledger_entry_rows, usage_table
+from ledger.store.usage_sql import UsageMessage, ValueBuffer, ledger_entry_rows, usage_table
 from ledger.store.writer import append, stored_positions
 from ledger.topics import TopicNames, topic_names
 
@@ -164,6 +164,7 @@ class Projector:
         self._entry_unpacker = duckdb.connect(config={"threads": 1})
         self._entry_unpacker.execute("SET TimeZone = 'UTC'")
         self._entries_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-entries")
+        self._usage_buffer, self._entry_buffer = ValueBuffer(), ValueBuffer()
         self.lag_records = 0  # records on its topics not read yet (updated about once a second)
         # Per partition: what turns the current log's offsets into stored source_offsets.
         self._offset_bases: dict[tuple[str, int], int] = {}
@@ -304,9 +305,13 @@ class Projector:
         # Both at once, on both cores (DuckDB and Arrow release the GIL): the build was the
         # pipeline's slowest stage (bench.projector).
         values = [value for _, value in entries]
-        unpacking = self._entries_thread.submit(ledger_entry_rows, self._entry_unpacker, values) if values else None
+        unpacking = (
+            self._entries_thread.submit(ledger_entry_rows, self._entry_unpacker, values, self._entry_buffer)
+            if values
+            else None
+        )
         if usage:
-            rows.usage_events = usage_table(self._unpacker, usage, self._usage_rows)
+            rows.usage_events = usage_table(self._unpacker, usage, self._usage_rows, self._usage_buffer)
         if unpacking is not None:
             rows.ledger_entries, refused = unpacking.result()
             for place in refused:  # not written by the ledger

@@ -108,6 +108,11 @@ _PRESENT_NOT_NULL = " AND ".join(
 )
 _USAGE_VALUES = " + ".join(f"(u.{key} IS NOT NULL)::INTEGER" for key in _TOKEN_KEYS)
 
+# A metadata key as a JSON path: quoted, as a key such as "$0" is read as a path itself (an
+# error that stopped the query). Keys here have no quote or backslash (``_simple``), and are
+# not empty (an empty one is refused first: ``$.""`` is an error too).
+_KEY_PATH = "('$.\"' || key || '\"')"
+
 _USAGE_ROWS = f"""
 WITH messages AS (  -- keys: NULL when the value is not JSON, empty when not an object
     SELECT ordinal, source_partition, source_offset, received_at, value, try(json_keys(value)) AS keys
@@ -179,10 +184,11 @@ WITH messages AS (  -- keys: NULL when the value is not JSON, empty when not an 
         AND {_ABSENT_OR_NULL}
         AND (e.metadata IS NULL OR (metadata_keys IS NOT NULL AND len(metadata_keys) <= {METADATA_KEYS_MAX}
              AND len(metadata_keys) = len(list_distinct(metadata_keys))
-             AND list_bool_and(list_transform(metadata_keys, lambda key: len(key) BETWEEN 1 AND 128
-                 AND (json_type(e.metadata, key) IN ('UBIGINT', 'BIGINT', 'BOOLEAN', 'NULL')
-                      OR (json_type(e.metadata, key) = 'VARCHAR'
-                          AND len(e.metadata ->> key) <= {METADATA_VALUE_CHARS_MAX})))))) AS ok
+             AND list_bool_and(list_transform(metadata_keys, lambda key: CASE WHEN len(key) BETWEEN 1 AND 128
+                 THEN (json_type(e.metadata, {_KEY_PATH}) IN ('UBIGINT', 'BIGINT', 'BOOLEAN', 'NULL')
+                       OR (json_type(e.metadata, {_KEY_PATH}) = 'VARCHAR'
+                           AND len(e.metadata ->> {_KEY_PATH}) <= {METADATA_VALUE_CHARS_MAX}))
+                 ELSE false END)))) AS ok
     FROM timed
 ), judged AS (
     SELECT *, coalesce(ok, false) AS event_ok FROM checked
@@ -321,16 +327,23 @@ def _simple(value: bytes) -> bool:
     return len(value) <= MESSAGE_BYTES_MAX and not value.translate(None, _PRINTABLE_NO_BACKSLASH)
 
 
-def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageMessage], rows_of: RowsOf) -> pa.Table:
+def usage_table(
+    connection: duckdb.DuckDBPyConnection,
+    messages: Sequence[UsageMessage],
+    rows_of: RowsOf,
+    buffer: ValueBuffer | None = None,
+) -> pa.Table:
     """The ``usage_events`` rows of ``messages`` in ``USAGE_COLUMNS`` order and in read
     order (by message, then place); copies of an event are left to the writer, as with
     ``usage_rows``. ``connection`` is any DuckDB connection: the query reads only what it is given.
 
     A message goes whole to the first of three paths that takes every event in it: the
-    plain one (``_PLAIN_ROWS``), the general query (``_USAGE_ROWS``), ``rows_of``."""
+    plain one (``_PLAIN_ROWS``), the general query (``_USAGE_ROWS``), ``rows_of``.
+    ``buffer`` holds the plain candidates' text while Arrow reads it."""
     simple = [n for n, message in enumerate(messages) if _simple(message.value)]
     # no JSON null: no "null" anywhere in the text (one in a string sends it on, which is safe)
-    parts = [_plain_rows(connection, messages, [n for n in simple if b"null" not in messages[n].value])]
+    candidates = [n for n in simple if b"null" not in messages[n].value]
+    parts = [_plain_rows(connection, messages, candidates, buffer or ValueBuffer())]
     taken = set(pc.unique(parts[0].column("ordinal")).to_pylist())
     general = [n for n in simple if n not in taken]
     if general:
@@ -360,11 +373,11 @@ def usage_table(connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageM
 
 
 def _plain_rows(
-    connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageMessage], candidates: list[int]
+    connection: duckdb.DuckDBPyConnection, messages: Sequence[UsageMessage], candidates: list[int], buffer: ValueBuffer
 ) -> pa.Table:
     """The rows of the ``candidates`` (messages with no JSON null) that are of the plain
     shape and whose every event passed ``_PLAIN_ROWS``."""
-    parsed, ordinals = _read_plain(messages, candidates)
+    parsed, ordinals = _read_plain(messages, candidates, buffer)
     read_at = _read_at(messages, ordinals)
     table = pa.Table.from_arrays(
         [*read_at.columns, *parsed.columns], names=[*read_at.column_names, *parsed.column_names]
@@ -376,7 +389,9 @@ def _plain_rows(
         connection.unregister("usage_parsed")
 
 
-def _read_plain(messages: Sequence[UsageMessage], candidates: list[int]) -> tuple[pa.Table, list[int]]:
+def _read_plain(
+    messages: Sequence[UsageMessage], candidates: list[int], buffer: ValueBuffer
+) -> tuple[pa.Table, list[int]]:
     """The candidates Arrow's JSON reader parses with the plain shape, and their places.
     The reader stops at the first message it refuses: a refused group is halved and read
     again, so one odd message among thousands costs a few reads, and is left alone."""
@@ -385,7 +400,7 @@ def _read_plain(messages: Sequence[UsageMessage], candidates: list[int]) -> tupl
     groups = [candidates] if candidates else []
     while groups:
         group = groups.pop()
-        table = _read_json_lines([messages[n].value for n in group])
+        table = _read_json_lines([messages[n].value for n in group], buffer)
         if table is not None:
             parsed.append(table)
             read.extend(group)
@@ -396,14 +411,15 @@ def _read_plain(messages: Sequence[UsageMessage], candidates: list[int]) -> tupl
     return pa.concat_tables(parsed), read
 
 
-def _read_json_lines(values: list[bytes]) -> pa.Table | None:
+def _read_json_lines(values: list[bytes], buffer: ValueBuffer) -> pa.Table | None:
     """One row per value, or None if the reader refuses one (or finds other than one object
-    in one). Values here have no line break (``_simple``): each is one line."""
-    text = b"\n".join(values)
+    in one). Values here have no line break (``_simple``): each is one line. The table
+    holds copies: ``buffer`` is free again after."""
+    text = buffer.join(values, b"\n")
     options = pa_json.ReadOptions(use_threads=True, block_size=len(text) + 1)
     parse = pa_json.ParseOptions(explicit_schema=_PLAIN_MESSAGE, unexpected_field_behavior="error")
     try:
-        table = pa_json.read_json(pa.BufferReader(text), read_options=options, parse_options=parse)
+        table = pa_json.read_json(pa.BufferReader(pa.py_buffer(text)), read_options=options, parse_options=parse)
     except pa.ArrowInvalid:
         return None
     return table if table.num_rows == len(values) else None
@@ -433,6 +449,8 @@ def _taken(connection: duckdb.DuckDBPyConnection, query: str, incoming: pa.Table
 
 def _refused_dropped(found: pa.Table) -> pa.Table:
     """``found`` without the rows of any message one of whose events failed (``event_ok``)."""
+    if pc.all(found.column("event_ok")).as_py() is not False:  # the common case: nothing to drop
+        return found.drop_columns(["event_ok"])
     refused = pc.unique(found.filter(pc.invert(found.column("event_ok"))).column("ordinal"))
     return found.filter(pc.invert(pc.is_in(found.column("ordinal"), value_set=refused))).drop_columns(["event_ok"])
 
@@ -464,12 +482,15 @@ WHERE refused OR (e.entry_id IS NOT NULL AND occurred_at IS NOT NULL AND e.model
 """
 
 
-def ledger_entry_rows(connection: duckdb.DuckDBPyConnection, values: Sequence[bytes]) -> tuple[pa.Table, list[int]]:
+def ledger_entry_rows(
+    connection: duckdb.DuckDBPyConnection, values: Sequence[bytes], buffer: ValueBuffer | None = None
+) -> tuple[pa.Table, list[int]]:
     """The ``ledger_entries`` rows of ``ledger-entries`` messages (``LedgerEntryBatch``es
     the worker wrote), in read order, and the places of the messages refused: not UTF-8
     JSON objects with a list of entries. An entry lacking a field the table needs is left
-    out. Copies are left to the writer."""
-    connection.register("entry_messages", pa.table({"value": binary_array(values), "ordinal": range(len(values))}))
+    out. Copies are left to the writer. ``buffer`` holds the values while they are read."""
+    messages = pa.table({"value": binary_array(values, buffer), "ordinal": range(len(values))})
+    connection.register("entry_messages", messages)
     try:
         found = connection.execute(_ENTRY_ROWS).to_arrow_table()
     finally:
@@ -481,9 +502,33 @@ def ledger_entry_rows(connection: duckdb.DuckDBPyConnection, values: Sequence[by
     return found.filter(pc.invert(refused)).drop_columns(["refused", "ordinal"]), places
 
 
-def binary_array(values: Sequence[bytes]) -> pa.Array:
+def binary_array(values: Sequence[bytes], buffer: ValueBuffer | None = None) -> pa.Array:
     """``values`` as one Arrow array, copied once (``pa.array`` copied value by value at
-    about half the speed, and checked UTF-8 for a string array: DuckDB's ``decode`` does)."""
+    about half the speed, and checked UTF-8 for a string array: DuckDB's ``decode`` does).
+    The array reads ``buffer``'s memory: it is good until the buffer's next use."""
     offsets = pa.array([0, *itertools.accumulate(len(value) for value in values)], pa.int64())
-    data = pa.py_buffer(b"".join(values))
+    data = pa.py_buffer((buffer or ValueBuffer()).join(values))
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(values), [None, offsets.buffers()[1], data])
+
+
+class ValueBuffer:
+    """Memory reused by one unpacker for each batch's values joined: a fresh join of 40 MB
+    touched 10,000 new pages each time, 25 ms against 4 ms for copies into pages touched
+    before. One thread uses it at a time, and what it returns only until its next use."""
+
+    def __init__(self) -> None:
+        self._memory = bytearray()
+
+    def join(self, values: Sequence[bytes], separator: bytes = b"") -> memoryview:
+        size = sum(len(value) for value in values) + len(separator) * max(len(values) - 1, 0)
+        if len(self._memory) < size:  # a new one (the old may still be read): a quarter more, to grow seldom
+            self._memory = bytearray(size + size // 4)
+        view = memoryview(self._memory)
+        at = 0
+        for n, value in enumerate(values):
+            if n and separator:
+                view[at : at + len(separator)] = separator
+                at += len(separator)
+            view[at : at + len(value)] = value
+            at += len(value)
+        return view[:size]

@@ -150,6 +150,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "metadata_nested": event(metadata={"o": {"x": 1}}),
     "metadata_list": event(metadata={"l": [1]}),
     "metadata_long_value": event(metadata={"v": "x" * 1025}),
+    "metadata_keys_like_paths": event(metadata={"$0": 1, "$.a": "x", "a.b": True, "[0]": None, "$": 2}),
     "metadata_empty_key": event(metadata={"": 1}),
     "metadata_many_keys": event(metadata={f"k{n}": n for n in range(65)}),
     "reported_cost": event(reported_cost=0.25),
