@@ -32,6 +32,7 @@ from ledger.kafka import client_options, end_offsets, ensure_topics, reached, re
 from ledger.settings import Settings
 from ledger.store.maintenance import maintain
 from ledger.store.positions import new_log_at, reconcile_log, record_fingerprint, start_new_logs
+from ledger.store.recent_keys import BACKLOG_COVERED, RecentKeys
 from ledger.store.records import (
     StoreRows,
     admission_row,
@@ -43,7 +44,7 @@ from ledger.store.records import (
     usage_rows,
 )
 from ledger.store.usage_sql import UsageMessage, ValueBuffer, ledger_entry_rows, usage_table
-from ledger.store.writer import append, stored_positions
+from ledger.store.writer import append, load_recent_keys, stored_positions
 from ledger.topics import TopicNames, topic_names
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class Projector:
         self._entry_unpacker.execute("SET TimeZone = 'UTC'")
         self._entries_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector-entries")
         self._usage_buffer, self._entry_buffer = ValueBuffer(), ValueBuffer()
+        self._recent: dict[str, RecentKeys] = {}  # loaded when a run starts
         self.lag_records = 0  # records on its topics not read yet (updated about once a second)
         # Per partition: what turns the current log's offsets into stored source_offsets.
         self._offset_bases: dict[tuple[str, int], int] = {}
@@ -196,6 +198,10 @@ class Projector:
         await consumer.start()
         try:
             ends = await self._assign(consumer)
+            now = datetime.now(UTC)
+            self._recent = await asyncio.to_thread(
+                load_recent_keys, self.connection, now, self.settings.dedup_horizon_s
+            )
             targets = ends if until_caught_up else {}
             # Three stages overlap, one batch each: records are fetched (here) while the batch
             # before is built into rows (Python and DuckDB, which releases the GIL) and the one
@@ -241,8 +247,13 @@ class Projector:
         """One round of the lake's maintenance; a failure is logged and tried next round
         (projecting goes on: small files and old snapshots cost speed, not correctness)."""
         retention = timedelta(seconds=self.settings.store_snapshot_retention_s)
+        now = datetime.now(UTC)
         try:
-            maintain(self.connection, retention=retention, now=datetime.now(UTC))
+            for keys in self._recent.values():
+                keys.forget_before(
+                    self.connection, now - timedelta(seconds=self.settings.dedup_horizon_s) - BACKLOG_COVERED
+                )
+            maintain(self.connection, retention=retention, now=now)
         except duckdb.Error as exc:
             log.warning(
                 "store maintenance failed, tried again in %.0f s: %s", self.settings.store_maintenance_every_s, exc
@@ -325,7 +336,8 @@ class Projector:
     def _append(self, built: tuple[StoreRows, Positions], messages: int) -> None:
         """Rows and positions in one transaction."""
         rows, (next_offsets, fingerprints) = built
-        append(self.connection, rows, next_offsets, fingerprints, dedup_horizon_s=self.settings.dedup_horizon_s)
+        horizon_s = self.settings.dedup_horizon_s
+        append(self.connection, rows, next_offsets, fingerprints, dedup_horizon_s=horizon_s, recent=self._recent)
         self.stats.messages += messages
         self.stats.batches += 1
         for table, table_rows in rows.tables.items():

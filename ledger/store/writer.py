@@ -14,14 +14,16 @@ again unless the crash came before the commit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger.store.recent_keys import BACKLOG_COVERED, RecentKeys
 from ledger.store.records import TABLE_COLUMNS, StoreRows
 from ledger.store.schema import TABLE_KEYS
 
@@ -173,6 +175,22 @@ _DEDUP_WINDOWS: dict[str, tuple[str, Literal["same", "horizon"]]] = {
     "admission_events": ("event_at", "same"),
 }
 DEDUP_HORIZON_S_DEFAULT = 7 * 86_400
+# The tables whose look-ups read the most, given an index of recent keys (``recent_keys``).
+INDEXED_TABLES = ("usage_events", "ledger_entries")
+
+
+def load_recent_keys(
+    connection: duckdb.DuckDBPyConnection, now: datetime, dedup_horizon_s: int
+) -> dict[str, RecentKeys]:
+    """The recent keys of ``INDEXED_TABLES``, read from the lake: those whose time is at
+    most the horizon and ``BACKLOG_COVERED`` before ``now``."""
+    since = now - timedelta(seconds=dedup_horizon_s) - BACKLOG_COVERED
+    recent = {}
+    for table in INDEXED_TABLES:
+        (key,) = TABLE_KEYS[table]
+        recent[table] = RecentKeys(table, key, _DEDUP_WINDOWS[table][0], since)
+        recent[table].load(connection)
+    return recent
 
 
 def arrow_table(table: str, rows: list[tuple[Any, ...]]) -> pa.Table:
@@ -226,20 +244,24 @@ def append(
     last_records: dict[tuple[str, int], str] | None = None,
     *,
     dedup_horizon_s: int = DEDUP_HORIZON_S_DEFAULT,
+    recent: Mapping[str, RecentKeys] | None = None,
 ) -> None:
     """Insert ``rows`` (each key once) and move the offsets (with the fingerprint of each
-    partition's last record read, where given), all or nothing."""
+    partition's last record read, where given), all or nothing. ``recent`` holds the keys
+    some tables stored lately, for their look-ups; the keys offered are added after the
+    commit."""
+    recent = recent or {}
+    offered: dict[str, pa.Table] = {}
     connection.begin()
     try:
         for table, table_rows in rows.tables.items():
             if table_rows:
                 _insert_new(connection, table, arrow_table(table, _first_copies(table, table_rows)), dedup_horizon_s)
-        if rows.usage_events is not None:
-            usage = _first_copies_of(rows.usage_events.cast(ARROW_SCHEMAS["usage_events"]), "event_id")
-            _insert_new(connection, "usage_events", usage, dedup_horizon_s)
-        if rows.ledger_entries is not None:
-            entries = _first_copies_of(rows.ledger_entries.cast(ARROW_SCHEMAS["ledger_entries"]), "entry_id")
-            _insert_new(connection, "ledger_entries", entries, dedup_horizon_s)
+        for table, unpacked in (("usage_events", rows.usage_events), ("ledger_entries", rows.ledger_entries)):
+            if unpacked is not None:
+                (key,) = TABLE_KEYS[table]
+                offered[table] = _first_copies_of(unpacked.cast(ARROW_SCHEMAS[table]), key)
+                _insert_new(connection, table, offered[table], dedup_horizon_s, recent.get(table))
         if next_offsets:
             fingerprints = last_records or {}
             offsets = pa.table(
@@ -258,6 +280,9 @@ def append(
     except BaseException:
         connection.rollback()
         raise
+    for table, table_rows in offered.items():  # a key stored already is in the index already: harmless
+        if table in recent:
+            recent[table].add(connection, table_rows)
 
 
 def _first_copies(table: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -278,33 +303,72 @@ def _first_copies_of(table: pa.Table, key: str) -> pa.Table:
     return table.take(firsts.take(pc.sort_indices(firsts)))
 
 
-def _insert_new(connection: duckdb.DuckDBPyConnection, table: str, incoming: pa.Table, dedup_horizon_s: int) -> None:
+def _insert_new(
+    connection: duckdb.DuckDBPyConnection,
+    table: str,
+    incoming: pa.Table,
+    dedup_horizon_s: int,
+    recent: RecentKeys | None = None,
+) -> None:
     """Insert the rows of ``incoming`` (each key once) whose key ``table`` does not hold
-    within its dedup window."""
+    within its dedup window: looked up in ``recent`` when it covers the window, else in
+    the lake."""
     if incoming.num_rows == 0:
         return
-    keys = TABLE_KEYS[table]
-    match = " AND ".join(f"stored.{key} = incoming.{key}" for key in keys)
-    window, parameters = _dedup_window(table, incoming, dedup_horizon_s)
+    window = _dedup_window(table, incoming, dedup_horizon_s)
+    if window is not None and window.column is None:  # no time on any row: nothing stored can be a copy in time
+        _insert(connection, table, incoming)
+        return
+    if window is not None and recent is not None and recent.covers(window.low):
+        (key,) = TABLE_KEYS[table]
+        copies = recent.stored(connection, incoming.column(key), window.low, window.high or _LATEST)
+        if copies:
+            incoming = incoming.filter(pc.invert(pc.is_in(incoming.column(key), pa.array(sorted(copies)))))
+        _insert(connection, table, incoming)
+        return
+    match = " AND ".join(f"stored.{key} = incoming.{key}" for key in TABLE_KEYS[table])
+    condition, parameters = "", []
+    if window is not None:
+        condition = f" AND stored.{window.column} " + ("BETWEEN ? AND ?" if window.high else ">= ?")
+        parameters = [window.low, window.high] if window.high else [window.low]
     connection.register("incoming", incoming)
     connection.execute(
         f"INSERT INTO {table} SELECT * FROM incoming "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS stored WHERE {match}{window})",
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS stored WHERE {match}{condition})",
         parameters,
     )
     connection.unregister("incoming")
 
 
-def _dedup_window(table: str, incoming: pa.Table, dedup_horizon_s: int) -> tuple[str, list[datetime]]:
-    """The filter (and its values) that keeps the look-up to the files a copy can be in.
-    The values are bound constants, so the lake skips files by their column bounds."""
+def _insert(connection: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    connection.register("incoming", rows)
+    connection.execute(f"INSERT INTO {table} SELECT * FROM incoming")
+    connection.unregister("incoming")
+
+
+_LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """Where a copy of an incoming row can be: a stored time in [low, high] (high None: no
+    end); column None when no incoming row has a time (no copy can be found in time)."""
+
+    column: str | None
+    low: datetime
+    high: datetime | None
+
+
+def _dedup_window(table: str, incoming: pa.Table, dedup_horizon_s: int) -> _Window | None:
+    """The times that keep the look-up to the files a copy can be in (None: the whole
+    table). They are bound as constants, so the lake skips files by their column bounds."""
     if table not in _DEDUP_WINDOWS:
-        return "", []
+        return None
     column, kind = _DEDUP_WINDOWS[table]
     times = pc.min_max(incoming.column(column)).as_py()
     low, high = times["min"], times["max"]
-    if low is None:  # no time on any incoming row: nothing stored can be a copy in time
-        return " AND false", []
+    if low is None:
+        return _Window(None, _LATEST, None)
     if kind == "horizon":
-        return f" AND stored.{column} >= ?", [low - timedelta(seconds=dedup_horizon_s)]
-    return f" AND stored.{column} BETWEEN ? AND ?", [low, high]
+        return _Window(column, low - timedelta(seconds=dedup_horizon_s), None)
+    return _Window(column, low, high)
