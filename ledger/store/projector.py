@@ -117,6 +117,14 @@ class _Stages:
         self._waiting = self._appending
         self._appending = asyncio.create_task(_after(self._building, self._waiting, append, len(records)))
 
+    def check(self) -> None:
+        """Raise the failure of a build or append that has ended with one (else it would
+        be raised only when the next batch starts, which a quiet topic may never bring)."""
+        for task in (self._building, self._appending, self._waiting):
+            failure = task.exception() if task is not None and task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
+
     async def drain(self) -> None:
         """Wait until every batch started is appended."""
         if self._appending is not None:
@@ -198,10 +206,9 @@ class Projector:
         await consumer.start()
         try:
             ends = await self._assign(consumer)
-            now = datetime.now(UTC)
-            self._recent = await asyncio.to_thread(
-                load_recent_keys, self.connection, now, self.settings.dedup_horizon_s
-            )
+            loading, horizon_s = time.monotonic(), self.settings.dedup_horizon_s
+            self._recent = await asyncio.to_thread(load_recent_keys, self.connection, datetime.now(UTC), horizon_s)
+            log.info("read the store's recent keys in %.1f s", time.monotonic() - loading)
             targets = ends if until_caught_up else {}
             # Three stages overlap, one batch each: records are fetched (here) while the batch
             # before is built into rows (Python and DuckDB, which releases the GIL) and the one
@@ -216,6 +223,7 @@ class Projector:
             lag_at = 0.0
             maintain_at = time.monotonic() + self.settings.store_maintenance_every_s
             while stop is None or not stop.is_set():
+                stages.check()
                 if time.monotonic() >= maintain_at:  # between two appends: never beside one
                     await stages.drain()
                     await asyncio.to_thread(self._maintain)

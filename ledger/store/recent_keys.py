@@ -59,8 +59,8 @@ class RecentKeys:
         connection.register("incoming_keys", pa.table({"key": keys}))
         try:
             found = connection.execute(
-                f"SELECT list(DISTINCT incoming_keys.key), min(recent.key_time), max(recent.key_time) FROM incoming_keys"
-                f" JOIN {self._memory} AS recent ON recent.key_hash = hash(incoming_keys.key)"
+                f"SELECT list(DISTINCT incoming_keys.key), min(recent.key_time), max(recent.key_time)"
+                f" FROM incoming_keys JOIN {self._memory} AS recent ON recent.key_hash = hash(incoming_keys.key)"
                 f" WHERE recent.key_time BETWEEN ? AND ?",
                 [low, high],
             ).fetchone()
