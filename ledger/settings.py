@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # replaced files older than the retention go (a reader's query may run that long).
     store_maintenance_every_s: float = Field(default=600.0, ge=1, le=86_400)
     store_snapshot_retention_s: float = Field(default=3_600.0, ge=0, le=30 * 86_400)
+    # The projector appends at most this many MiB of messages at once (one lake commit; a
+    # larger message goes alone). Larger: fewer commits, more memory (three are in flight).
+    store_batch_mib: float = Field(default=48.0, gt=0, le=1_024)
 
     # The api: admin routes need the master key; /v1/usage and /v1/check take the ingest
     # key too when one is set. Without a master key the api serves loopback only.

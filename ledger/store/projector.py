@@ -51,11 +51,11 @@ log = logging.getLogger(__name__)
 
 # An append has a fixed cost (a lake commit, a dedup look-up per table): with one event per
 # message, 256 messages an append held the projector near 1,800 events/s and 4,096 took it to
-# 12,700 (bench.projector --per-message 1). Large messages are bounded by their bytes: 48 MiB
-# (about 50,000 events of 1 KB) keeps the three stages overlapping; 128 MiB took 15-25% more
-# CPU for the same events (page faults on larger buffers) and left the pipeline emptier.
+# 12,700 (bench.projector --per-message 1). Large messages are bounded by their bytes
+# (``Settings.store_batch_mib``): 48 MiB (about 50,000 events of 1 KB) keeps the three
+# stages overlapping; 128 MiB took 15-25% more CPU for the same events (page faults on larger
+# buffers) and left the pipeline emptier.
 BATCH_MESSAGES_MAX = 4096
-BATCH_BYTES_MAX = 48 * 1024 * 1024  # a fetch may add up to 64 MiB
 FETCH_TIMEOUT_MS = 200
 LAG_EVERY_S = 1.0
 APPEND_EVERY_S = 0.25  # at most this often while records trickle in; at once when a batch is full
@@ -89,6 +89,19 @@ def input_topics(names: TopicNames) -> tuple[str, ...]:
         names.admissions,
         names.rate_limits,
     )
+
+
+def _split_at(
+    records: list[ConsumerRecord[bytes, bytes]], bytes_max: int
+) -> tuple[list[ConsumerRecord[bytes, bytes]], list[ConsumerRecord[bytes, bytes]]]:
+    """The first records holding at most ``bytes_max`` of values (at least one), and the rest."""
+    size = 0
+    for place, record in enumerate(records):
+        size += max(record.serialized_value_size, 0)
+        if size > bytes_max:
+            cut = max(place, 1)
+            return records[:cut], records[cut:]
+    return records, []
 
 
 class _Stages:
@@ -217,6 +230,7 @@ class Projector:
             # each DuckDB transaction has a fixed cost (small ones took 0.45 of a core at
             # 250 admits/s in bench.admit).
             stages = _Stages()
+            batch_bytes_max = int(self.settings.store_batch_mib * 1024 * 1024)
             pending: list[ConsumerRecord[bytes, bytes]] = []
             pending_bytes = 0
             append_at = 0.0
@@ -238,7 +252,12 @@ class Projector:
                 for batch in batches.values():
                     pending.extend(batch)
                     pending_bytes += sum(max(record.serialized_value_size, 0) for record in batch)
-                full = len(pending) >= BATCH_MESSAGES_MAX or pending_bytes >= BATCH_BYTES_MAX
+                while pending_bytes > batch_bytes_max:  # a fetch brought more than a batch: whole ones first
+                    whole, pending = _split_at(pending, batch_bytes_max)
+                    pending_bytes -= sum(max(record.serialized_value_size, 0) for record in whole)
+                    await stages.start(self._rows, self._append, whole)
+                    append_at = time.monotonic() + APPEND_EVERY_S
+                full = len(pending) >= BATCH_MESSAGES_MAX or pending_bytes >= batch_bytes_max
                 if pending and (full or time.monotonic() >= append_at):
                     await stages.start(self._rows, self._append, pending)
                     pending, pending_bytes = [], 0

@@ -76,7 +76,8 @@ def test_projector_killed_mid_batch_loses_and_repeats_nothing(make_ledger: MakeL
     delay_s = 2.0
     for attempt in range(10):  # kill until a kill lands in the middle (bounded)
         store = lake_at(tmp_path / f"attempt-{attempt}")  # a fresh store each time
-        env = {**ledger.env, **store_env(store)}
+        # Commits of half a MiB (two messages): a kill lands between two of some thirty.
+        env = {**ledger.env, **store_env(store), "SPEND_LEDGER_STORE_BATCH_MIB": "0.5"}
         projector = ChildProcess.command(["project"], env, tmp_path / f"project-{attempt}.log").start()
         time.sleep(delay_s)
         projector.kill()
