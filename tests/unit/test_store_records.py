@@ -14,7 +14,7 @@ from ledger.domain.wire import DeadLetter
 from ledger.store.records import StoreRows, dead_letter_row, usage_rows
 from ledger.store.schema import open_store
 from ledger.store.usage_sql import ledger_entry_rows
-from ledger.store.writer import append, stored_offsets
+from ledger.store.writer import ARROW_SCHEMAS, append, stored_offsets
 from tests.stores import lake_at
 from tests.unit.store_rows import entry_table
 
@@ -125,3 +125,11 @@ def test_an_entries_record_the_worker_did_not_write_is_refused_or_its_bad_entrie
     unpacked, refused = ledger_entry_rows(connection, [*not_batches, batch, b'{"entries": []}'])
     assert refused == list(range(len(not_batches)))
     assert unpacked.column("entry_id").to_pylist() == ["ok"]
+
+
+def test_each_arrow_schema_names_its_tables_columns_in_order(tmp_path: Path) -> None:
+    """The writer's Arrow schemas (rows go in as ``SELECT *``) match the lake's tables."""
+    connection = open_store(lake_at(tmp_path))
+    for table, schema in ARROW_SCHEMAS.items():
+        columns = [row[0] for row in connection.execute(f"DESCRIBE {table}").fetchall()]
+        assert columns == schema.names, table
